@@ -1,0 +1,25 @@
+"""The library's entry points as Python functions (what the CLI and the notebooks call)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from idfer_jax import methods
+from idfer_jax.configuration import load_config_file
+from idfer_jax.train import evaluate as evaluate_lib
+from idfer_jax.train import trainer as trainer_lib
+
+
+def load_config(spec: str):
+    """`configs/baseline_synthetic.py:smoke` -> a locked ConfigDict."""
+    return load_config_file(spec)
+
+
+def train(config, workdir: str, *, devices=None, hooks: Iterable = ()) -> trainer_lib.TrainResult:
+    """Trains `config.method` (or resumes the run in `workdir`) and returns the final state."""
+    return trainer_lib.Trainer(config, methods.build, devices).train(workdir, hooks=hooks)
+
+
+def evaluate(config, workdir: str, *, devices=None) -> dict:
+    """Evaluates the last checkpoint in `workdir` on the held-out fold; writes `report.md`."""
+    return evaluate_lib.evaluate(config, workdir, methods.build, devices)

@@ -1,0 +1,69 @@
+"""Baseline: an expression classifier on a ResNet backbone, trained with cross entropy.
+
+Every disentangling method is compared against this. Its expression features (the pooled backbone
+output, before the classifier) are what the identity and pose leakage probes read.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from idfer_jax import losses
+from idfer_jax.data.pipeline import DataSpec
+from idfer_jax.models import ClassifierHead, build_backbone
+from idfer_jax.train.interface import Method, Player
+from idfer_jax.train.optim import make_optimizer
+
+
+class ExpressionClassifier(nn.Module):
+    backbone: nn.Module
+    head: nn.Module
+
+    def __call__(self, images, *, train: bool):
+        features = self.backbone(images, train=train)
+        return {"logits": self.head(features, train=train), "features": features}
+
+
+def build_model(config, data_spec: DataSpec) -> ExpressionClassifier:
+    m = config.model
+    dtype = jnp.dtype(config.dtype)
+    backbone = build_backbone(m.backbone, norm=m.norm, dtype=dtype, name="backbone")
+    head = ClassifierHead(
+        num_classes=data_spec.num_classes, hidden=m.get("head_hidden"),
+        dropout_rate=m.dropout, dtype=dtype, name="head",
+    )
+    return ExpressionClassifier(backbone=backbone, head=head)
+
+
+def build(config, data_spec: DataSpec) -> Method:
+    model = build_model(config, data_spec)
+    cross_entropy = losses.cross_entropy(label_smoothing=config.model.label_smoothing)
+
+    def init(rng, batch):
+        params_rng, dropout_rng = jax.random.split(rng)
+        return model.init({"params": params_rng, "dropout": dropout_rng}, batch["image"],
+                          train=False)
+
+    def loss_fn(params, model_state, batch, rng, step):
+        del step
+        outputs, new_state = model.apply(
+            {"params": params, **model_state}, batch["image"], train=True,
+            mutable=list(model_state), rngs={"dropout": rng},
+        )
+        loss = cross_entropy(outputs, batch)
+        accuracy = jnp.mean(jnp.argmax(outputs["logits"], -1) == batch["expression"])
+        return loss, (dict(new_state), {"accuracy": accuracy})
+
+    def apply(variables, images):
+        return model.apply(variables, images, train=False)
+
+    optimizer = make_optimizer(config.optimizer, config.train.num_steps)
+    return Method(
+        name="baseline",
+        init=init,
+        players=(Player("model", loss_fn, optimizer),),
+        apply=apply,
+        description=__doc__,
+    )

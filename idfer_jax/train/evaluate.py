@@ -1,0 +1,137 @@
+"""Evaluation of a trained run on its held-out subjects, gathered in `WORKDIR/report.md`.
+
+Uses the last checkpoint (never a checkpoint picked on the test fold). Writes:
+- `confusion_matrix.csv` / `.png`: counts over the held-out fold, last partial batch included (padded
+  and masked);
+- identity leakage: fresh linear and MLP probes on the frozen expression features of the held-out
+  subjects' images, split by image within those subjects, beside chance (lower is better);
+- pose leakage: R^2 of yaw and pitch from the same features with ridge regression (lower is better);
+- accuracy per |yaw| band where the data has yaw;
+- `eval_results.json` with every number, and `report.md` for people.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from idfer_jax import eval as E
+from idfer_jax.data import pipeline
+from idfer_jax.train.trainer import BuildMethod, Trainer, to_global
+
+YAW_BANDS = ((0, 20), (20, 40), (40, 60))
+
+
+def collect_outputs(trainer: Trainer, variables: dict, indices: np.ndarray) -> dict[str, np.ndarray]:
+    """Logits, features and labels of `indices`, in order, with padding removed."""
+    apply = jax.jit(
+        lambda v, images: trainer.method.apply(v, images),
+        out_shardings=trainer.replicated,
+    )
+    keep = ("expression", "subject", *trainer.dataset.spec.pose_keys)
+    chunks: dict[str, list] = {}
+    for batch in _eval_batches(trainer, indices):
+        images = to_global({"image": batch["image"]}, trainer.batch_sharding)["image"]
+        outputs = jax.device_get(apply(variables, images))
+        labels = {k: batch[k] for k in (*keep, "mask")}
+        if jax.process_count() > 1:
+            labels = multihost_utils.process_allgather(labels, tiled=True)
+        for k, v in {"logits": outputs["logits"], "features": outputs["features"], **labels}.items():
+            chunks.setdefault(k, []).append(np.asarray(v))
+    collected = {k: np.concatenate(v) for k, v in chunks.items()}
+    real = collected.pop("mask") > 0
+    return {k: v[real] for k, v in collected.items()}
+
+
+def _eval_batches(trainer: Trainer, indices: np.ndarray):
+    return pipeline.eval_batches(
+        trainer.dataset, indices, global_batch_size=trainer.config.eval.batch_size
+    )
+
+
+def evaluate(config, workdir: str, build_method: BuildMethod, devices=None) -> dict:
+    trainer = Trainer(config, build_method, devices)
+    step, variables = trainer.restore_variables(workdir)
+    spec = trainer.dataset.spec
+    out = collect_outputs(trainer, variables, trainer.dataset.test_indices)
+    predictions = out["logits"].argmax(-1)
+    acc = E.ConfusionAccumulator(spec.num_classes)
+    acc.update(out["expression"], predictions)
+    seed = int(config.eval.probe_seed)
+    identity = E.identity_leakage(out["features"], out["subject"], seed=seed)
+    pose_arrays = {k: out[k] for k in ("yaw", "pitch") if k in out}
+    pose = E.pose_leakage(out["features"], out["subject"], pose_arrays, seed=seed) if pose_arrays else {}
+
+    results = {
+        "method": config.method,
+        "dataset": trainer.dataset.fold_file["dataset"],
+        "fold": int(config.data.fold),
+        "num_folds": int(config.data.num_folds),
+        "checkpoint_step": int(step),
+        "num_test_images": int(len(predictions)),
+        "num_test_subjects": int(len(np.unique(out["subject"]))),
+        "accuracy": float(acc.accuracy),
+        "mean_class_accuracy": float(acc.mean_class_accuracy),
+        "confusion_matrix": acc.matrix.tolist(),
+        "class_names": list(spec.class_names),
+        "identity_leakage": identity,
+        "pose_leakage": pose,
+    }
+    if "yaw" in out:
+        bands = {}
+        for lo, hi in YAW_BANDS:
+            sel = (np.abs(out["yaw"]) >= lo) & (np.abs(out["yaw"]) < hi if hi < 60 else True)
+            if sel.any():
+                bands[f"{lo}-{hi}"] = float(np.mean(predictions[sel] == out["expression"][sel]))
+        results["accuracy_by_abs_yaw"] = bands
+
+    if jax.process_index() == 0:
+        write_outputs(workdir, results)
+    return results
+
+
+def write_outputs(workdir: str, results: dict) -> None:
+    os.makedirs(workdir, exist_ok=True)
+    names = results["class_names"]
+    matrix = np.asarray(results["confusion_matrix"])
+    E.write_confusion_csv(matrix, names, os.path.join(workdir, "confusion_matrix.csv"))
+    E.plot_confusion_matrix(
+        matrix, names, os.path.join(workdir, "confusion_matrix.png"),
+        title=f"{results['method']} on {results['dataset']}, held-out fold {results['fold']}",
+    )
+    with open(os.path.join(workdir, "eval_results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+
+    chance = 1.0 / len(names)
+    summary = [{
+        "accuracy": results["accuracy"],
+        "mean class accuracy": results["mean_class_accuracy"],
+        "chance": chance,
+        "test images": results["num_test_images"],
+        "test subjects": results["num_test_subjects"],
+        "checkpoint step": results["checkpoint_step"],
+    }]
+    sections = [
+        ("Protocol", (
+            f"Dataset `{results['dataset']}`; subject-independent {results['num_folds']}-fold split "
+            f"(`folds.json`), fold {results['fold']} held out: no test subject was seen in training. "
+            "Evaluated at the last checkpoint (no model selection on the test fold).")),
+        ("Expression accuracy on held-out subjects", E.markdown_table(summary)),
+        ("Confusion matrix", "Rows: true class, columns: predicted. `confusion_matrix.csv`.\n\n"
+         "![confusion matrix](confusion_matrix.png)"),
+        ("Leakage of identity and pose into the expression features",
+         E.format_leakage(results["identity_leakage"], results["pose_leakage"])),
+    ]
+    if results.get("accuracy_by_abs_yaw"):
+        rows = [{"|yaw| band (deg)": k, "accuracy": v}
+                for k, v in results["accuracy_by_abs_yaw"].items()]
+        sections.append(("Accuracy by head yaw", E.markdown_table(rows)))
+    E.write_report(
+        os.path.join(workdir, "report.md"),
+        title=f"idfer_jax report: {results['method']} on {results['dataset']}",
+        sections=sections,
+    )

@@ -1,0 +1,68 @@
+"""The small interface between a method (a recipe) and the generic trainer.
+
+A method is data plus pure functions. It owns its parameters as a dict whose *top-level keys* are the
+groups that players update: a one-player method (the baseline) has one player that owns every group; a
+two-player method (an adversary, a GAN discriminator) has a player per group set, each with its own loss
+and its own optimizer state. Sharing one Adam state between players is a known bug of hand-rolled GAN
+code, so the trainer never does it.
+
+`loss_fn(params, model_state, batch, rng, step) -> (loss, (new_model_state, metrics))`
+    `params` holds every group (a player differentiates only its own); `model_state` holds the non-
+    trainable collections (batch statistics); `metrics` is a flat dict of scalars for the logs.
+`apply(variables, images) -> {'logits': ..., 'features': ...}`
+    inference without side effects; `features` are the expression features that leakage probes read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import optax
+
+PyTree = Any
+LossFn = Callable[[PyTree, PyTree, Mapping[str, jax.Array], jax.Array, jax.Array], tuple]
+
+
+@dataclasses.dataclass(frozen=True)
+class Player:
+    """One participant of training: the parameter groups it owns, its loss and its optimizer."""
+
+    name: str
+    loss_fn: LossFn
+    optimizer: optax.GradientTransformation
+    owns: tuple[str, ...] | None = None  # top-level param keys; None = every group
+    repeats: int = 1  # sub-updates per train step (e.g. 3 discriminator steps per generator step)
+    updates_model_state: bool = True  # whether its forward pass's batch statistics are kept
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """A recipe the trainer runs without knowing which one it is."""
+
+    name: str
+    init: Callable[[jax.Array, Mapping[str, jax.Array]], dict]  # -> {'params': ..., **collections}
+    players: tuple[Player, ...]
+    apply: Callable[[dict, jax.Array], dict]
+    batch_keys: tuple[str, ...] = ("image", "expression")  # what loss_fn reads from the batch
+    description: str = ""
+
+    def player(self, name: str) -> Player:
+        for p in self.players:
+            if p.name == name:
+                return p
+        raise KeyError(f"Method {self.name} has no player {name!r}.")
+
+
+def owned(params: Mapping[str, PyTree], player: Player) -> dict:
+    """The parameter groups `player` updates."""
+    if player.owns is None:
+        return dict(params)
+    missing = [k for k in player.owns if k not in params]
+    if missing:
+        raise KeyError(
+            f"Player {player.name!r} owns {missing} but the parameters have groups {list(params)}."
+        )
+    return {k: params[k] for k in player.owns}

@@ -1,0 +1,63 @@
+"""Optimizers from config, shared by every recipe.
+
+Weight decay applies to convolution and dense kernels only: decaying norm scales, biases or learned loss
+weights (uncertainty weighting's log-variances) changes what those parameters mean, so they are masked out.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import optax
+
+# Parameter groups that never get weight decay, wherever they sit in the tree.
+NO_DECAY_GROUPS = ("loss_weights",)
+
+
+def decay_mask(params: Any) -> Any:
+    """True for parameters that get weight decay: kernels (ndim > 1) outside NO_DECAY_GROUPS."""
+
+    def keep(path, leaf) -> bool:
+        names = {getattr(p, "key", getattr(p, "name", None)) for p in path}
+        return leaf.ndim > 1 and not names.intersection(NO_DECAY_GROUPS)
+
+    return jax.tree_util.tree_map_with_path(keep, params)
+
+
+def learning_rate_schedule(config, total_steps: int) -> optax.Schedule:
+    lr = float(config.learning_rate)
+    warmup = int(config.get("warmup_steps", 0))
+    kind = config.get("schedule", "cosine")
+    if kind == "constant":
+        main = optax.constant_schedule(lr)
+    elif kind == "cosine":
+        main = optax.cosine_decay_schedule(lr, max(1, total_steps - warmup))
+    else:
+        raise ValueError(f"Unknown optimizer.schedule {kind!r}; use 'cosine' or 'constant'.")
+    if warmup <= 0:
+        return main
+    return optax.join_schedules(
+        [optax.linear_schedule(0.0, lr, warmup), main], boundaries=[warmup]
+    )
+
+
+def make_optimizer(config, total_steps: int) -> optax.GradientTransformation:
+    """`config` is an optimizer ConfigDict: name, learning_rate, weight_decay, schedule, ..."""
+    schedule = learning_rate_schedule(config, total_steps)
+    name = config.name
+    wd = float(config.get("weight_decay", 0.0))
+    if name == "adamw":
+        opt = optax.adamw(schedule, b1=config.get("b1", 0.9), b2=config.get("b2", 0.999),
+                          weight_decay=wd, mask=decay_mask)
+    elif name == "adam":
+        # Classic L2 (added to the gradient, not decoupled), as several FER codebases do.
+        opt = optax.chain(optax.add_decayed_weights(wd, mask=decay_mask),
+                          optax.adam(schedule, b1=config.get("b1", 0.9), b2=config.get("b2", 0.999)))
+    elif name == "sgd":
+        opt = optax.chain(optax.add_decayed_weights(wd, mask=decay_mask),
+                          optax.sgd(schedule, momentum=config.get("momentum", 0.9), nesterov=True))
+    else:
+        raise ValueError(f"Unknown optimizer.name {name!r}; use 'adamw', 'adam' or 'sgd'.")
+    clip = float(config.get("grad_clip", 0.0))
+    return optax.chain(optax.clip_by_global_norm(clip), opt) if clip > 0 else opt

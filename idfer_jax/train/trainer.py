@@ -1,0 +1,267 @@
+"""The generic trainer: any `Method`, on 1 CPU, one GPU, every device of a host or a pod slice.
+
+Data parallelism is `jax.jit` over a `('data',)` device mesh: the global batch is sharded along the batch
+axis, parameters and optimizer states are replicated, and XLA inserts the gradient all-reduce. BatchNorm
+statistics are therefore global-batch statistics, and the same step gives the same parameters on any
+number of devices (up to float reassociation). Each step folds the step number into the run's rng, and
+the data iterator's state is checkpointed, so a killed run restarted with the same command continues
+exactly where the last checkpoint left it.
+
+The trainer never names a method: `train(config, workdir, build_method)` takes a factory
+`build_method(config, data_spec) -> Method` (see `idfer_jax.methods.build`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from idfer_jax.data import pipeline
+from idfer_jax.train import checkpoint as ckpt_lib
+from idfer_jax.train import writers
+from idfer_jax.train.interface import Method, owned
+
+BuildMethod = Callable[[Any, pipeline.DataSpec], Method]
+Hook = Callable[[int, Any, dict], None]
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    model_state: Any  # non-trainable collections, e.g. {'batch_stats': ...}
+    opt_states: dict  # one optimizer state per player, keyed by player name
+    rng: jax.Array  # raw uint32 key data, so checkpoints hold plain arrays
+
+    def variables(self) -> dict:
+        return {"params": self.params, **self.model_state}
+
+
+def make_mesh(devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
+    """A 1-D ('data',) mesh over `devices` (default: every device of every process)."""
+    devices = list(devices) if devices is not None else jax.devices()
+    return jax.make_mesh(
+        (len(devices),), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=devices
+    )
+
+
+def to_global(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
+    """Per-process numpy batch -> global arrays sharded along the batch axis."""
+    return {
+        k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()
+    }
+
+
+def init_state(method: Method, rng: jax.Array, sample_batch: dict) -> TrainState:
+    init_rng, state_rng = jax.random.split(rng)
+    variables = dict(method.init(init_rng, sample_batch))
+    params = variables.pop("params")
+    opt_states = {p.name: p.optimizer.init(owned(params, p)) for p in method.players}
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        model_state=variables,
+        opt_states=opt_states,
+        rng=state_rng,
+    )
+
+
+def make_train_step(method: Method) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+    """One step: each player in order takes `repeats` sub-updates of its own parameter groups."""
+
+    def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        rng = jax.random.fold_in(state.rng, state.step)
+        params, model_state = state.params, state.model_state
+        opt_states = dict(state.opt_states)
+        metrics: dict[str, jax.Array] = {}
+        for i, player in enumerate(method.players):
+            for r in range(player.repeats):
+                sub_rng = jax.random.fold_in(rng, i * 1000 + r)
+                own = owned(params, player)
+                rest = {k: v for k, v in params.items() if k not in own}
+
+                def loss_of_own(own_params, rest=rest, sub_rng=sub_rng, player=player, ms=model_state):
+                    return player.loss_fn({**rest, **own_params}, ms, batch, sub_rng, state.step)
+
+                (loss, (new_model_state, aux)), grads = jax.value_and_grad(
+                    loss_of_own, has_aux=True
+                )(own)
+                updates, opt_states[player.name] = player.optimizer.update(
+                    grads, opt_states[player.name], own
+                )
+                params = {**params, **optax.apply_updates(own, updates)}
+                if player.updates_model_state:
+                    model_state = new_model_state
+                prefix = "" if len(method.players) == 1 else f"{player.name}/"
+                metrics[f"{prefix}loss"] = loss
+                metrics.update({f"{prefix}{k}": v for k, v in aux.items()})
+        new_state = state.replace(
+            step=state.step + 1, params=params, model_state=model_state, opt_states=opt_states
+        )
+        return new_state, metrics
+
+    return train_step
+
+
+@dataclasses.dataclass
+class TrainResult:
+    state: TrainState
+    start_step: int  # 0 for a fresh run, else the restored checkpoint's step
+    steps_per_sec: float
+    first_metrics: dict
+    last_metrics: dict
+    spec: pipeline.DataSpec
+
+
+class Trainer:
+    """Holds what training and evaluation share: dataset, method, mesh and jitted functions."""
+
+    def __init__(self, config, build_method: BuildMethod, devices=None):
+        self.config = config
+        self.mesh = make_mesh(devices)
+        self.batch_sharding = NamedSharding(self.mesh, P("data"))
+        self.replicated = NamedSharding(self.mesh, P())
+        self.dataset = pipeline.open_dataset(config.data)
+        self.method = build_method(config, self.dataset.spec)
+        n = self.mesh.size
+        for name, size in (("train.batch_size", config.train.batch_size),
+                           ("eval.batch_size", config.eval.batch_size)):
+            if size % n:
+                raise ValueError(
+                    f"{name}={size} is not divisible by the {n} devices of the mesh; set "
+                    f"--config.{name} to a multiple of {n}."
+                )
+
+    def sample_batch(self) -> dict:
+        h, w, c = self.dataset.spec.image_shape
+        batch = {"image": jnp.zeros((2, h, w, c), jnp.float32),
+                 "expression": jnp.zeros((2,), jnp.int32), "subject": jnp.zeros((2,), jnp.int32)}
+        for k in self.dataset.spec.pose_keys:
+            batch[k] = jnp.zeros((2,), jnp.float32)
+        if self.dataset.spec.has_neutral and self.config.data.with_neutral:
+            batch["neutral_image"] = batch["image"]
+        return batch
+
+    def initial_state(self) -> TrainState:
+        rng = jax.random.PRNGKey(self.config.seed)
+        init = jax.jit(
+            lambda r: init_state(self.method, r, self.sample_batch()),
+            out_shardings=self.replicated,
+        )
+        return init(rng)
+
+    def abstract_state(self) -> TrainState:
+        shapes = jax.eval_shape(
+            lambda r: init_state(self.method, r, self.sample_batch()), jax.random.PRNGKey(0)
+        )
+        return ckpt_lib.abstract_like(shapes, self.replicated)
+
+    def checkpointer(self, workdir: str) -> ckpt_lib.Checkpointer:
+        t = self.config.train
+        return ckpt_lib.Checkpointer(
+            os.path.join(workdir, "checkpoints"),
+            save_every=t.checkpoint_every,
+            keep=t.keep_checkpoints,
+            async_save=t.get("async_checkpoints", True),
+        )
+
+    def restore_variables(self, workdir: str) -> tuple[int, dict]:
+        """The latest checkpoint's (step, variables) for inference."""
+        checkpointer = self.checkpointer(workdir)
+        try:
+            step, state = checkpointer.restore_latest(
+                self.abstract_state(), config=self.config.to_dict()
+            )
+        finally:
+            checkpointer.close()
+        if state is None:
+            raise FileNotFoundError(
+                f"No checkpoint in {os.path.join(workdir, 'checkpoints')}. Train first with "
+                f"`idfer train --config=... --workdir={workdir}` (the same config and workdir)."
+            )
+        return step, state.variables()
+
+    def train(self, workdir: str, hooks: Iterable[Hook] = ()) -> TrainResult:
+        config = self.config
+        num_steps = int(config.train.num_steps)
+        is_main = jax.process_index() == 0
+        if is_main:
+            os.makedirs(workdir, exist_ok=True)
+            with open(os.path.join(workdir, "folds.json"), "w") as f:
+                import json
+
+                json.dump(self.dataset.fold_file, f, indent=1)
+        loader = pipeline.train_loader(
+            self.dataset, config.data, global_batch_size=config.train.batch_size,
+            seed=config.seed,
+        )
+        iterator = iter(loader)
+        checkpointer = self.checkpointer(workdir)
+        start_step, state = checkpointer.restore_latest(
+            self.abstract_state(), iterator, config=config.to_dict()
+        )
+        if state is None:
+            start_step, state = 0, self.initial_state()
+        else:
+            print(f"Resuming from checkpoint at step {start_step} in {workdir}.", flush=True)
+
+        train_step = jax.jit(
+            make_train_step(self.method),
+            in_shardings=(self.replicated, self.batch_sharding),
+            out_shardings=(self.replicated, self.replicated),
+            donate_argnums=0,
+        )
+        writer = writers.MetricWriter(workdir)
+        progress = writers.Progress(num_steps, config.train.batch_size, start_step)
+        log_every = max(1, int(config.train.log_every))
+        window: list[dict] = []
+        first_metrics: dict = {}
+        last_metrics: dict = {}
+        hooks = list(hooks)
+        try:
+            for step in range(start_step + 1, num_steps + 1):
+                batch = to_global(next(iterator), self.batch_sharding)
+                state, metrics = train_step(state, batch)
+                window.append(metrics)
+                if step == start_step + 1:
+                    first_metrics = _mean(jax.device_get(window))
+                    progress.mark_compiled(step)
+                if step % log_every == 0 or step == num_steps:
+                    last_metrics = _mean(jax.device_get(window))
+                    window = []
+                    line = progress.line(step, last_metrics)
+                    rate = progress.steps_per_sec
+                    if rate == rate:
+                        last_metrics["steps_per_sec"] = rate
+                    writer.write(step, last_metrics)
+                    if is_main:
+                        print(line, flush=True)
+                checkpointer.save(step, state, iterator, config.to_dict(),
+                                  force=step == num_steps)
+                for hook in hooks:
+                    hook(step, state, metrics)
+        finally:
+            checkpointer.close()
+            writer.close()
+        return TrainResult(
+            state=state,
+            start_step=start_step,
+            steps_per_sec=progress.steps_per_sec,
+            first_metrics=first_metrics,
+            last_metrics=last_metrics,
+            spec=self.dataset.spec,
+        )
+
+
+def _mean(metrics: list[dict]) -> dict[str, float]:
+    return {k: float(np.mean([m[k] for m in metrics])) for k in metrics[0]}

@@ -1,0 +1,57 @@
+"""Evaluation on arrays: metrics, identity/pose leakage probes, plots and reports.
+
+This package works on numpy/JAX arrays only and never imports ``models``, ``methods`` or ``train``.
+"""
+
+from idfer_jax.eval.metrics import (
+    ConfusionAccumulator,
+    confusion_matrix,
+    masked_accuracy,
+    mean_and_std,
+    r2_score,
+)
+from idfer_jax.eval.plots import plot_confusion_matrix, plot_leakage_bars
+from idfer_jax.eval.probes import (
+    RidgeFit,
+    fit_ridge,
+    identity_leakage,
+    linear_probe_accuracy,
+    mlp_probe_accuracy,
+    pose_leakage,
+    ridge_r2,
+    select_ridge_alpha,
+    split_within_subjects,
+    standardize,
+)
+from idfer_jax.eval.report import (
+    format_leakage,
+    markdown_table,
+    write_confusion_csv,
+    write_csv,
+    write_report,
+)
+
+__all__ = [
+    "ConfusionAccumulator",
+    "RidgeFit",
+    "confusion_matrix",
+    "fit_ridge",
+    "format_leakage",
+    "identity_leakage",
+    "linear_probe_accuracy",
+    "markdown_table",
+    "masked_accuracy",
+    "mean_and_std",
+    "mlp_probe_accuracy",
+    "plot_confusion_matrix",
+    "plot_leakage_bars",
+    "pose_leakage",
+    "r2_score",
+    "ridge_r2",
+    "select_ridge_alpha",
+    "split_within_subjects",
+    "standardize",
+    "write_confusion_csv",
+    "write_csv",
+    "write_report",
+]

@@ -1,0 +1,130 @@
+"""PNG plots for evaluation reports.
+
+Figures are drawn on ``matplotlib.figure.Figure`` objects rendered by the Agg canvas, never through
+``pyplot``: nothing is shown, no global backend is switched (so importing this module inside a
+notebook or a GUI session changes nothing), and no figure is left open in pyplot's registry.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+__all__ = ["plot_confusion_matrix", "plot_leakage_bars"]
+
+
+def _save(fig: Figure, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(fig)  # attach an Agg canvas explicitly, whatever backend pyplot uses
+    fig.savefig(path, format="png", dpi=150, bbox_inches="tight")
+    return path
+
+
+def plot_confusion_matrix(
+    matrix,
+    class_names: Sequence[str],
+    path: str | os.PathLike,
+    *,
+    normalize: bool = True,
+    title: str | None = None,
+) -> Path:
+    """Write a confusion-matrix heat map as PNG.
+
+    Args:
+      matrix: ``(K, K)`` counts, rows = true class, columns = predicted class.
+      class_names: ``K`` names, used for both axes.
+      path: output ``.png`` path (parent folders are created).
+      normalize: colour by row-normalised rate (per-class recall on the diagonal) and print
+        ``rate %`` above ``(count)`` in each cell; otherwise colour and print raw counts. Rows
+        with no examples show 0 %.
+      title: optional figure title.
+
+    Returns:
+      ``path`` as a :class:`pathlib.Path`.
+    """
+    counts = np.asarray(matrix)
+    k = len(class_names)
+    if counts.shape != (k, k):
+        raise ValueError(
+            f"matrix has shape {counts.shape} but {k} class names were given; expected ({k}, {k})."
+        )
+    if normalize:
+        support = counts.sum(axis=1, keepdims=True)
+        values = np.divide(counts, support, out=np.zeros(counts.shape), where=support > 0)
+    else:
+        values = counts.astype(np.float64)
+
+    size = max(4.0, 0.75 * k + 2.0)
+    fig = Figure(figsize=(size + 1.0, size))
+    ax = fig.add_subplot()
+    vmax = 1.0 if normalize else max(float(values.max()), 1.0)
+    image = ax.imshow(values, cmap="Blues", vmin=0.0, vmax=vmax)
+    colorbar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    colorbar.set_label("fraction of true class" if normalize else "count")
+
+    fontsize = max(5.0, min(10.0, 80.0 / k))
+    for t in range(k):
+        for p in range(k):
+            text = f"{100 * values[t, p]:.0f}%\n({counts[t, p]})" if normalize else f"{counts[t, p]}"
+            # Dark cells get white text so every number stays readable.
+            colour = "white" if values[t, p] > 0.5 * vmax else "black"
+            ax.text(p, t, text, ha="center", va="center", color=colour, fontsize=fontsize)
+
+    ax.set_xticks(range(k), labels=list(class_names), rotation=45, ha="right")
+    ax.set_yticks(range(k), labels=list(class_names))
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if title:
+        ax.set_title(title)
+    return _save(fig, path)
+
+
+def plot_leakage_bars(
+    results: Mapping[str, Mapping[str, float]],
+    path: str | os.PathLike,
+    *,
+    keys: Sequence[str] = ("linear_acc", "mlp_acc"),
+    title: str = "Identity leakage (lower is better)",
+) -> Path:
+    """Bar chart of identity-probe accuracy per run, with each run's chance level marked.
+
+    Args:
+      results: ``{run name: identity_leakage(...) dict}``; each needs the ``keys`` and may have
+        ``chance``, drawn as a dashed black line across the run's bars.
+      path: output ``.png`` path.
+      keys: which accuracies to draw side by side.
+    """
+    if not results:
+        raise ValueError("plot_leakage_bars needs at least one run.")
+    runs = list(results)
+    width = 0.8 / len(keys)
+    x = np.arange(len(runs))
+    fig = Figure(figsize=(max(4.0, 1.2 * len(runs) + 2.0), 3.5))
+    ax = fig.add_subplot()
+    for i, key in enumerate(keys):
+        ax.bar(x - 0.4 + (i + 0.5) * width, [results[r][key] for r in runs], width, label=key)
+    chance_label = "chance"  # one legend entry however many runs carry a chance level
+    for j, run in enumerate(runs):
+        if "chance" in results[run]:
+            ax.hlines(
+                results[run]["chance"],
+                j - 0.45,
+                j + 0.45,
+                colors="k",
+                linestyles="--",
+                label=chance_label,
+            )
+            chance_label = None
+    rotate = len(runs) > 4
+    ax.set_xticks(x, labels=runs, rotation=30 if rotate else 0, ha="right" if rotate else "center")
+    ax.set_ylim(0.0, 1.0)
+    ax.set_ylabel("probe accuracy on held-out images")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    return _save(fig, path)

@@ -1,0 +1,214 @@
+"""Markdown and CSV output for evaluation results.
+
+Everything written here is deterministic (same inputs, same bytes) and UTF-8, so reports can be
+diffed between runs and checked into a results folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import numbers
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "format_leakage",
+    "markdown_table",
+    "write_confusion_csv",
+    "write_csv",
+    "write_report",
+]
+
+
+def _columns(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None) -> list[str]:
+    """The given columns, or the union of the rows' keys in order of first appearance."""
+    if columns is not None:
+        return list(columns)
+    seen: dict[str, None] = {}
+    for row in rows:
+        seen.update(dict.fromkeys(row))
+    return list(seen)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Number | np.number) and not isinstance(value, bool | np.bool_)
+
+
+def _cell(value: Any, floatfmt: str) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float | np.floating):
+        return format(float(value), floatfmt)
+    text = str(value)
+    # A pipe would end the cell and a newline the row; keep the table's shape intact.
+    return text.replace("|", "\\|").replace("\r\n", " ").replace("\n", " ")
+
+
+def markdown_table(
+    rows: Sequence[Mapping[str, Any]],
+    columns: Sequence[str] | None = None,
+    floatfmt: str = ".4f",
+) -> str:
+    """Render rows of dicts as a GitHub-flavoured Markdown table.
+
+    Args:
+      rows: one mapping per table row; a missing key or ``None`` gives an empty cell.
+      columns: column order (and selection); defaults to every key in order of first appearance.
+      floatfmt: ``format`` spec for floats (Python and numpy); ints and strings are printed as is.
+
+    Returns:
+      The table without a trailing newline. Columns whose values are all numbers are
+      right-aligned.
+
+    Raises:
+      ValueError: when there are no columns (no rows and no ``columns``).
+    """
+    cols = _columns(rows, columns)
+    if not cols:
+        raise ValueError("markdown_table needs at least one column (pass rows or columns).")
+    header = "| " + " | ".join(_cell(c, floatfmt) for c in cols) + " |"
+    align = []
+    for c in cols:
+        present = [row[c] for row in rows if row.get(c) is not None]
+        numeric = bool(present) and all(_is_number(v) for v in present)
+        align.append("---:" if numeric else "---")
+    lines = [header, "| " + " | ".join(align) + " |"]
+    for row in rows:
+        lines.append("| " + " | ".join(_cell(row.get(c), floatfmt) for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def _open_for_writing(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def write_csv(
+    rows: Sequence[Mapping[str, Any]],
+    path: str | os.PathLike,
+    columns: Sequence[str] | None = None,
+) -> Path:
+    """Write rows of dicts as CSV with a header row.
+
+    Floats are written at full precision (a CSV is for further analysis, unlike a table meant for
+    reading); missing keys and ``None`` become empty fields; keys not in an explicit ``columns``
+    are left out.
+    """
+    cols = _columns(rows, columns)
+    path = _open_for_writing(path)
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(cols)
+        for row in rows:
+            writer.writerow([_csv_field(row.get(c)) for c in cols])
+    return path
+
+
+def _csv_field(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, np.generic):
+        return value.item()  # plain Python value, so the field never reads "np.float64(...)"
+    return value
+
+
+def write_confusion_csv(matrix, class_names: Sequence[str], path: str | os.PathLike) -> Path:
+    """Write a confusion matrix as CSV.
+
+    The header row is ``true\\predicted`` followed by the predicted class names; each next row is a
+    true class name followed by its counts.
+    """
+    matrix = np.asarray(matrix)
+    k = len(class_names)
+    if matrix.shape != (k, k):
+        raise ValueError(f"matrix has shape {matrix.shape} but {k} class names were given.")
+    path = _open_for_writing(path)
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(["true\\predicted", *class_names])
+        for name, counts in zip(class_names, matrix, strict=True):
+            writer.writerow([name, *(c.item() for c in counts)])
+    return path
+
+
+def write_report(
+    path: str | os.PathLike,
+    *,
+    title: str,
+    sections: Sequence[tuple[str, str]],
+) -> Path:
+    """Write a Markdown report: ``# title`` then ``## heading`` and body for each section.
+
+    Bodies are written as given (trailing whitespace trimmed); the file ends with one newline.
+    """
+    parts = [f"# {title}"]
+    for heading, body in sections:
+        parts.append(f"## {heading}")
+        body = body.rstrip()
+        if body:
+            parts.append(body)
+    path = _open_for_writing(path)
+    path.write_text("\n\n".join(parts) + "\n", encoding="utf-8")
+    return path
+
+
+def _fmt(value: Any, floatfmt: str = ".4f") -> str:
+    if value is None or (isinstance(value, float | np.floating) and math.isnan(value)):
+        return "n/a"
+    return format(float(value), floatfmt)
+
+
+def format_leakage(identity: Mapping[str, Any] | None, pose: Mapping[str, Any] | None) -> str:
+    """Markdown block summarising identity and pose leakage of expression features.
+
+    Args:
+      identity: the dict of :func:`idfer_jax.eval.probes.identity_leakage` (empty/None: skipped).
+      pose: the dict of :func:`idfer_jax.eval.probes.pose_leakage`, keys ``<name>_r2``
+        (empty/None: says that no pose labels were available).
+    """
+    blocks = []
+    if identity:
+        table = markdown_table(
+            [
+                {
+                    "probe": "linear",
+                    "accuracy": _fmt(identity["linear_acc"]),
+                    "chance": _fmt(identity["chance"]),
+                },
+                {
+                    "probe": "MLP",
+                    "accuracy": _fmt(identity["mlp_acc"]),
+                    "chance": _fmt(identity["chance"]),
+                },
+            ]
+        )
+        detail = []
+        for key, what in (
+            ("num_subjects", "subjects"),
+            ("num_train", "train images"),
+            ("num_test", "test images"),
+        ):
+            if key in identity:
+                detail.append(f"{identity[key]} {what}")
+        blocks.append(
+            "**Identity leakage** (fresh probes on frozen expression features of held-out "
+            "subjects, split by image within subject; lower is better, chance beside it)\n\n"
+            + table
+            + (f"\n\n{', '.join(detail)}." if detail else "")
+        )
+    if pose:
+        rows = [{"pose": key.removesuffix("_r2"), "R^2": _fmt(value)} for key, value in pose.items()]
+        blocks.append(
+            "**Pose leakage** (ridge R^2 from the features; lower is better; "
+            "0 = no linear information, 1 = fully decodable; negative = worse than "
+            "predicting the mean)\n\n" + markdown_table(rows)
+        )
+    else:
+        blocks.append("**Pose leakage**: not measured (no pose labels).")
+    return "\n\n".join(blocks)

@@ -29,7 +29,9 @@ class ExpressionClassifier(nn.Module):
 def build_model(config, data_spec: DataSpec) -> ExpressionClassifier:
     m = config.model
     dtype = jnp.dtype(config.dtype)
-    backbone = build_backbone(m.backbone, norm=m.norm, dtype=dtype, name="backbone")
+    backbone = build_backbone(
+        m.backbone, norm=m.norm, dtype=dtype, in_channels=data_spec.image_shape[-1], name="backbone"
+    )
     head = ClassifierHead(
         num_classes=data_spec.num_classes, hidden=m.get("head_hidden"),
         dropout_rate=m.dropout, dtype=dtype, name="head",

@@ -11,18 +11,14 @@ from typing import Any
 import jax
 import optax
 
-# Parameter groups that never get weight decay, wherever they sit in the tree.
-NO_DECAY_GROUPS = ("loss_weights",)
+from idfer_jax.losses.combinators import is_weighting_param
 
 
 def decay_mask(params: Any) -> Any:
-    """True for parameters that get weight decay: kernels (ndim > 1) outside NO_DECAY_GROUPS."""
-
-    def keep(path, leaf) -> bool:
-        names = {getattr(p, "key", getattr(p, "name", None)) for p in path}
-        return leaf.ndim > 1 and not names.intersection(NO_DECAY_GROUPS)
-
-    return jax.tree_util.tree_map_with_path(keep, params)
+    """True for parameters that get weight decay: kernels (ndim > 1) that are not loss weights."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, leaf: leaf.ndim > 1 and not is_weighting_param(path), params
+    )
 
 
 def learning_rate_schedule(config, total_steps: int) -> optax.Schedule:

@@ -14,6 +14,7 @@ Batches are dicts of numpy arrays with the keys `image` (NHWC float32 in [-1, 1]
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib
 import os
 from collections.abc import Iterator, Sequence
@@ -80,7 +81,9 @@ def dataset_name(data_config) -> str:
 
 
 def data_dir(data_config) -> str:
-    return os.path.expanduser(data_config.get("data_dir") or "~/tensorflow_datasets")
+    """config.data.data_dir, else TFDS's own default ($TFDS_DATA_DIR or ~/tensorflow_datasets)."""
+    directory = data_config.get("data_dir") or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
+    return os.path.expanduser(directory)
 
 
 def load_builder(data_config) -> tfds.core.DatasetBuilder:
@@ -180,9 +183,16 @@ def open_dataset(data_config) -> Dataset:
 class Subset(grain.sources.RandomAccessDataSource):
     """The records of `source` at `indices`, as a random-access source of its own."""
 
-    def __init__(self, source, indices: np.ndarray):
+    def __init__(self, source, indices: np.ndarray, name: str):
         self._source = source
         self._indices = np.asarray(indices, dtype=np.int64)
+        self._name = name
+
+    def __repr__(self) -> str:
+        # grain checks a restored iterator against repr(source): name the data and the exact records,
+        # not the object's address, so a resumed run matches and another fold's checkpoint does not.
+        digest = hashlib.sha1(self._indices.tobytes()).hexdigest()[:12]
+        return f"Subset({self._name}, {len(self._indices)} records, sha1 {digest})"
 
     def __len__(self) -> int:
         return len(self._indices)
@@ -261,7 +271,7 @@ def train_loader(
         raise DataError(
             f"batch_size={global_batch_size} is not divisible by the {process_count} processes."
         )
-    source = Subset(dataset.source, dataset.train_indices)
+    source = Subset(dataset.source, dataset.train_indices, dataset.fold_file["dataset"])
     return grain.DataLoader(
         data_source=source,
         sampler=grain.samplers.IndexSampler(

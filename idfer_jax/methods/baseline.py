@@ -18,6 +18,7 @@ from idfer_jax.train.optim import make_optimizer
 
 
 class ExpressionClassifier(nn.Module):
+    # Submodules given as fields take the field names, so the parameter groups are 'backbone' and 'head'.
     backbone: nn.Module
     head: nn.Module
 
@@ -30,11 +31,11 @@ def build_model(config, data_spec: DataSpec) -> ExpressionClassifier:
     m = config.model
     dtype = jnp.dtype(config.dtype)
     backbone = build_backbone(
-        m.backbone, norm=m.norm, dtype=dtype, in_channels=data_spec.image_shape[-1], name="backbone"
+        m.backbone, norm=m.norm, dtype=dtype, in_channels=data_spec.image_shape[-1]
     )
     head = ClassifierHead(
         num_classes=data_spec.num_classes, hidden=m.get("head_hidden"),
-        dropout_rate=m.dropout, dtype=dtype, name="head",
+        dropout_rate=m.dropout, dtype=dtype,
     )
     return ExpressionClassifier(backbone=backbone, head=head)
 

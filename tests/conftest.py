@@ -1,0 +1,53 @@
+"""Shared fixtures: one prepared copy of the tiny `synthetic_faces/smoke` set per test session."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def compilation_cache(tmp_path_factory) -> str:
+    """A persistent XLA cache shared by this session's processes (subprocesses and notebooks too)."""
+    directory = str(tmp_path_factory.mktemp("jax_cache"))
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", directory)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def smoke_data_dir(tmp_path_factory, compilation_cache) -> str:
+    import tensorflow_datasets as tfds
+
+    import idfer_jax.data.synthetic_faces  # noqa: F401  (registers the builder)
+
+    directory = str(tmp_path_factory.mktemp("tfds"))
+    tfds.builder("synthetic_faces/smoke", data_dir=directory).download_and_prepare(
+        file_format="array_record"
+    )
+    return directory
+
+
+@pytest.fixture
+def smoke_config(smoke_data_dir):
+    from idfer_jax import api
+
+    config = api.load_config(str(REPO / "configs" / "baseline_synthetic.py") + ":smoke")
+    config.data.data_dir = smoke_data_dir
+    return config
+
+
+def subprocess_env(compilation_cache: str, **extra: str) -> dict:
+    env = dict(os.environ)
+    env["JAX_COMPILATION_CACHE_DIR"] = compilation_cache
+    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(extra)
+    return env

@@ -35,6 +35,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict()
     c.model.backbone = "resnet_small"
     c.model.norm = "batch"
+    # Downsample early (7x7/2 conv + max-pool): a stride-1 stem leaves the last stage's units seeing only
+    # part of the face, and global pooling then cannot tell a mouth edge from a brow edge (measured:
+    # held-out accuracy at chance after 400 smoke steps, vs 0.32 with this stem, and 3x faster).
+    c.model.stem = "imagenet"  # '' = the backbone preset's own stem; 'imagenet' | 'small'
     c.model.head_hidden = ml_collections.FieldReference(None, field_type=int)
     c.model.dropout = 0.0
     c.model.label_smoothing = 0.0
@@ -61,15 +65,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     if arg == "smoke":
         c.data.config = "smoke"
-        c.data.image_size = 32
+        c.data.image_size = 48
         c.data.num_folds = 4
         c.data.crop_padding = 2
         c.model.backbone = "resnet_tiny"
         c.optimizer.warmup_steps = 10
         c.train.batch_size = 32
-        c.train.num_steps = 150
-        c.train.log_every = 25
-        c.train.checkpoint_every = 50
+        c.train.num_steps = 800
+        c.train.log_every = 100
+        c.train.checkpoint_every = 200
         c.eval.batch_size = 64
     elif arg:
         raise ValueError(f"Unknown config argument {arg!r}; use '' or 'smoke'.")

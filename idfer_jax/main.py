@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections.config_flags import config_flags
 
 from idfer_jax.configuration import ConfigError, check_override_flags
@@ -46,6 +46,9 @@ def main(argv: list[str]) -> None:
         )
     if _CONFIG.value is None or _WORKDIR.value is None:
         raise app.UsageError("Both --config=FILE and --workdir=DIR are required.")
+    if not flags.FLAGS["verbosity"].present:
+        # orbax and grain log every checkpoint step at INFO; the progress line is what users read.
+        logging.set_verbosity(logging.WARNING)
     from idfer_jax import api  # after flag parsing: importing JAX and TFDS takes seconds
 
     config, workdir = _CONFIG.value, _WORKDIR.value

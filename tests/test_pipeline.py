@@ -10,7 +10,7 @@ def test_open_dataset_holds_out_whole_subjects(smoke_config):
     test_subjects = set(ds.labels["subject"][ds.test_indices])
     assert train_subjects and test_subjects and not train_subjects & test_subjects
     assert ds.spec.train_subjects == tuple(sorted(train_subjects))
-    assert ds.spec.num_classes == 7 and ds.spec.image_shape == (32, 32, 3)
+    assert ds.spec.num_classes == 7 and ds.spec.image_shape == (48, 48, 3)
     assert set(ds.spec.pose_keys) == {"yaw", "pitch", "roll"}
     assert sorted(s for f in ds.fold_file["test_subjects"] for s in f) == sorted(
         set(ds.labels["subject"].tolist())
@@ -22,7 +22,7 @@ def test_train_loader_batches_and_state_resume(smoke_config):
     loader = pipeline.train_loader(ds, smoke_config.data, global_batch_size=8, seed=1)
     it = iter(loader)
     first = next(it)
-    assert first["image"].shape == (8, 32, 32, 3) and first["image"].dtype == np.float32
+    assert first["image"].shape == (8, 48, 48, 3) and first["image"].dtype == np.float32
     assert -1.0 <= first["image"].min() and first["image"].max() <= 1.0
     assert first["expression"].dtype == np.int32
     assert set(first["subject"].tolist()) <= set(ds.spec.train_subjects)
@@ -77,7 +77,7 @@ def test_eval_batches_pad_and_mask_the_last_batch(smoke_config):
 
 def test_wrong_image_size_says_how_to_fix(smoke_config):
     smoke_config.data.image_size = 64
-    with pytest.raises(pipeline.DataError, match="image_size=32"):
+    with pytest.raises(pipeline.DataError, match="48x48 images but config.data.image_size=64"):
         pipeline.open_dataset(smoke_config.data)
 
 

@@ -30,8 +30,9 @@ class ExpressionClassifier(nn.Module):
 def build_model(config, data_spec: DataSpec) -> ExpressionClassifier:
     m = config.model
     dtype = jnp.dtype(config.dtype)
+    overrides = {"stem": m.stem} if m.get("stem") else {}
     backbone = build_backbone(
-        m.backbone, norm=m.norm, dtype=dtype, in_channels=data_spec.image_shape[-1]
+        m.backbone, norm=m.norm, dtype=dtype, in_channels=data_spec.image_shape[-1], **overrides
     )
     head = ClassifierHead(
         num_classes=data_spec.num_classes, hidden=m.get("head_hidden"),

@@ -128,10 +128,12 @@ class Trainer:
 
     def __init__(self, config, build_method: BuildMethod, devices=None):
         self.config = config
+        # Before the mesh: preparing synthetic data forks render workers, best done before XLA
+        # starts its threads.
+        self.dataset = pipeline.open_dataset(config.data)
         self.mesh = make_mesh(devices)
         self.batch_sharding = NamedSharding(self.mesh, P("data"))
         self.replicated = NamedSharding(self.mesh, P())
-        self.dataset = pipeline.open_dataset(config.data)
         self.method = build_method(config, self.dataset.spec)
         n = self.mesh.size
         for name, size in (("train.batch_size", config.train.batch_size),

@@ -9,6 +9,7 @@ out (`--config.data.fold` picks another); evaluation uses the last checkpoint, n
 """
 
 import ml_collections
+
 from idfer_jax.data.synthetic_faces import EXPRESSIONS
 
 

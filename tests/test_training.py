@@ -186,3 +186,34 @@ def test_eight_devices_match_one_and_their_checkpoint_restores_on_one(
     assert len(restored) == len(saved.files)
     for i, leaf in enumerate(restored):
         np.testing.assert_array_equal(np.asarray(leaf), saved[str(i)])
+
+
+def test_bfloat16_compute_keeps_float32_params_and_trains(smoke_config, tmp_path):
+    config = _short(smoke_config, steps=6)
+    config.dtype = "bfloat16"
+    result = api.train(config, str(tmp_path))
+    dtypes = {leaf.dtype for leaf in jax.tree.leaves(result.state.params)}
+    assert dtypes == {np.dtype("float32")}
+    assert np.isfinite(result.last_metrics["loss"])
+    # Inference in bf16 still returns float32 logits and features.
+    from idfer_jax import methods
+
+    method = methods.build(config, result.spec)
+    images = np.zeros((2, *result.spec.image_shape), np.float32)
+    out = method.apply(result.state.variables(), images)
+    assert out["logits"].dtype == np.float32 and out["features"].dtype == np.float32
+
+
+def test_evaluate_without_a_checkpoint_says_to_train_first(smoke_config, tmp_path):
+    with pytest.raises(FileNotFoundError, match="Train first"):
+        api.evaluate(smoke_config, str(tmp_path))
+
+
+def test_cli_usage_errors(compilation_cache, tmp_path):
+    env = subprocess_env(compilation_cache)
+    no_command = idfer(f"--config={SMOKE}", f"--workdir={tmp_path}", env=env)
+    assert no_command.returncode != 0 and "train | evaluate" in no_command.stderr
+    no_workdir = idfer("train", f"--config={SMOKE}", env=env)
+    assert no_workdir.returncode != 0 and "--workdir" in no_workdir.stderr
+    missing_file = idfer("train", "--config=configs/nope.py", f"--workdir={tmp_path}", env=env)
+    assert missing_file.returncode != 0 and "nope.py" in missing_file.stderr

@@ -217,3 +217,50 @@ def test_cli_usage_errors(compilation_cache, tmp_path):
     assert no_workdir.returncode != 0 and "--workdir" in no_workdir.stderr
     missing_file = idfer("train", "--config=configs/nope.py", f"--workdir={tmp_path}", env=env)
     assert missing_file.returncode != 0 and "nope.py" in missing_file.stderr
+
+
+@pytest.mark.slow
+def test_sigkilled_cli_run_resumes_with_the_same_command(
+    smoke_data_dir, smoke_config, compilation_cache, tmp_path
+):
+    import signal
+    import time
+
+    env = subprocess_env(compilation_cache)
+    exe = shutil.which("idfer")
+    cmd = [exe] if exe else [sys.executable, "-m", "idfer_jax.main"]
+    overrides = [f"--config.data.data_dir={smoke_data_dir}", "--config.train.num_steps=240",
+                 "--config.train.checkpoint_every=40", "--config.train.log_every=40"]
+
+    def train_args(workdir):
+        return [*cmd, "train", f"--config={SMOKE}", f"--workdir={workdir}", *overrides]
+
+    killed_dir = tmp_path / "killed"
+    proc = subprocess.Popen(train_args(killed_dir), env=env, cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (killed_dir / "checkpoints" / "40").exists() and proc.poll() is None:
+        assert time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (killed_dir / "checkpoints" / "240").exists()
+
+    resumed = subprocess.run(train_args(killed_dir), env=env, cwd=REPO, capture_output=True,
+                             text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Resuming from checkpoint at step" in resumed.stdout
+    straight = subprocess.run(train_args(tmp_path / "straight"), env=env, cwd=REPO,
+                              capture_output=True, text=True, timeout=600)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+
+    from idfer_jax import methods
+    from idfer_jax.train.trainer import Trainer
+
+    smoke_config.train.num_steps = 240
+    trainer = Trainer(smoke_config, methods.build)
+    step_a, after_kill = trainer.restore_variables(str(killed_dir))
+    step_b, uninterrupted = trainer.restore_variables(str(tmp_path / "straight"))
+    assert step_a == step_b == 240
+    jax.tree.map(np.testing.assert_array_equal, after_kill, uninterrupted)

@@ -898,7 +898,8 @@ class SyntheticFaces(tfds.core.GeneratorBasedBuilder):
     seed 0, 30 epochs):
 
     * preparing ``64px`` (4480 examples, 8320 renders in 2 forked workers + PNG + array_record
-      writing): 41.8 s wall (58-72 s when the machine was busy); ``smoke``: 4.5 s (in-process). One
+      writing): 41.8 s wall (58-72 s when the machine was busy); ``smoke`` (1344 examples at 48 px,
+      rendered in-process): about 14 s. One
       render takes about 3 ms at 32 px, 8 ms at 64 px, 26 ms at 112 px;
     * identity strength, 1-NN on standardised 32x32 colour pixels, random 50/50 split within each
       subject: subject accuracy 0.232 (chance 1/64 = 0.016), despite +-60 deg of yaw;

@@ -83,8 +83,11 @@ def evaluate(config, workdir: str, build_method: BuildMethod, devices=None) -> d
     }
     if "yaw" in out:
         bands = {}
+        abs_yaw = np.abs(out["yaw"])
         for lo, hi in YAW_BANDS:
-            sel = (np.abs(out["yaw"]) >= lo) & (np.abs(out["yaw"]) < hi if hi < 60 else True)
+            # Half-open bands, except that the last one keeps its upper edge (|yaw| = 60 exactly).
+            below = abs_yaw <= hi if hi == YAW_BANDS[-1][1] else abs_yaw < hi
+            sel = (abs_yaw >= lo) & below
             if sel.any():
                 bands[f"{lo}-{hi}"] = float(np.mean(predictions[sel] == out["expression"][sel]))
         results["accuracy_by_abs_yaw"] = bands

@@ -14,6 +14,7 @@ The trainer never names a method: `train(config, workdir, build_method)` takes a
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -200,8 +201,6 @@ class Trainer:
         if is_main:
             os.makedirs(workdir, exist_ok=True)
             with open(os.path.join(workdir, "folds.json"), "w") as f:
-                import json
-
                 json.dump(self.dataset.fold_file, f, indent=1)
         loader = pipeline.train_loader(
             self.dataset, config.data, global_batch_size=config.train.batch_size,

@@ -25,6 +25,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from idfer_jax.data import protocols
+from idfer_jax.data.errors import DataError, ManualDataError  # noqa: F401 (re-exported)
 
 # Builders that ship with the library; importing the module registers the TFDS builder.
 DATASET_MODULES = {
@@ -36,10 +37,6 @@ POSE_KEYS = ("yaw", "pitch", "roll")
 # Flipping a face horizontally mirrors these angles.
 MIRRORED_POSE_KEYS = ("yaw", "roll")
 IMAGE_KEYS = ("image", "neutral_image")
-
-
-class DataError(ValueError):
-    """A problem with the user's data or data config; the message says how to fix it."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""TFDS builders for the FER benchmarks. Each needs a manual download; see its MANUAL_DOWNLOAD_INSTRUCTIONS."""

@@ -1,0 +1,9 @@
+"""Errors a user can cause with their data or data config; each message says how to fix it."""
+
+
+class DataError(ValueError):
+    """A problem with the user's data or data config; the message says how to fix it."""
+
+
+class ManualDataError(DataError):
+    """A manual download is missing or malformed; the message says what to put where."""

@@ -1,0 +1,359 @@
+"""The shared shape of every face-dataset builder: features, configs, manual data, image preparation.
+
+A benchmark builder only says where its images are and what their labels are (`list_examples`); this
+module turns that into TFDS records of one fixed layout, so the input pipeline, the protocols and
+cross-dataset runs treat every dataset alike:
+
+- `image`: uint8 RGB, `image_size` x `image_size` (grey datasets are stored as RGB so that models,
+  cross-dataset runs and the RGB face-recognition network see one format);
+- `expression`: a `ClassLabel` over the dataset's classes, named with the canonical vocabulary of
+  `EXPRESSIONS` (so "happy", "HA" and "Happiness" are all `happiness`) and listed in its order;
+- `subject` (int64, -1 where the dataset has no subject ids) and `subject_name` (the dataset's own id);
+- `sequence` (int64, -1 where none): frames of one recording share it, so identity probes can split by
+  sequence (CK+'s 3 peak frames of one sequence are near-copies);
+- `file_name`: the source file relative to the dataset folder (or a row id), to trace any record back;
+- `face_found` (bool): whether face alignment found a face (always true for unaligned configs);
+- pose keys (`yaw`, ... in degrees) where the dataset has them.
+
+Configs are named `<size>px` (resize, after the dataset's fixed crop box if it has one) or
+`aligned_<size>px` (detect + 5-point similarity alignment, `idfer_jax.data.alignment`, optional extra
+`[align]`). Any size parses, e.g. `--config.data.config=aligned_160px`; the listed ones are just the common
+ones.
+
+Raw data is never downloaded: the user obtains the archive under the dataset's licence and puts it (or its
+extracted folder) in the manual directory; `find_root` accepts either and says exactly what it looked for
+when neither is there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import tensorflow_datasets as tfds
+from etils import epath
+from PIL import Image
+
+from idfer_jax.data.errors import ManualDataError
+
+# Canonical expression names, in the order every builder lists its classes.
+EXPRESSIONS = (
+    "neutral", "anger", "contempt", "disgust", "fear", "happiness", "sadness", "surprise",
+)
+_ALIASES = {
+    "ne": "neutral", "neu": "neutral", "neutral": "neutral",
+    "an": "anger", "ang": "anger", "anger": "anger", "angry": "anger",
+    "co": "contempt", "contempt": "contempt", "contemptuous": "contempt",
+    "di": "disgust", "dis": "disgust", "disgust": "disgust", "disgusted": "disgust",
+    "fe": "fear", "af": "fear", "fea": "fear", "fear": "fear", "fearful": "fear", "afraid": "fear",
+    "scared": "fear",
+    "ha": "happiness", "hap": "happiness", "happy": "happiness", "happiness": "happiness",
+    "joy": "happiness",
+    "sa": "sadness", "sad": "sadness", "sadness": "sadness",
+    "su": "surprise", "sur": "surprise", "surprise": "surprise", "surprised": "surprise",
+}
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".gif")
+
+
+def canonical_expression(name: str) -> str:
+    """'Happy', 'HA', 'happiness' -> 'happiness'. Raises ValueError for an unknown name."""
+    key = name.strip().lower()
+    if key not in _ALIASES:
+        raise ValueError(
+            f"Unknown expression name {name!r}; known: {', '.join(EXPRESSIONS)} (and common "
+            "abbreviations such as HA, SU, AN)."
+        )
+    return _ALIASES[key]
+
+
+def ordered(names: Iterable[str]) -> tuple[str, ...]:
+    """Canonical names in the order of `EXPRESSIONS`."""
+    names = set(names)
+    return tuple(n for n in EXPRESSIONS if n in names)
+
+
+# ----------------------------------------------------------------------------------------------
+# Configs
+
+
+@dataclasses.dataclass(eq=False)
+class FaceConfig(tfds.core.BuilderConfig):
+    """Output size and whether faces are detected and aligned."""
+
+    image_size: int = 64
+    aligned: bool = False
+
+    def __post_init__(self) -> None:
+        if self.image_size < 16:
+            raise ValueError(f"image_size must be >= 16, got {self.image_size}.")
+
+
+CONFIG_NAME = re.compile(r"^(aligned_)?(\d+)px$")
+
+
+def config_name(image_size: int, aligned: bool) -> str:
+    return f"{'aligned_' if aligned else ''}{image_size}px"
+
+
+def face_config(name: str) -> FaceConfig:
+    """'aligned_112px' -> FaceConfig(image_size=112, aligned=True)."""
+    match = CONFIG_NAME.match(name)
+    if not match:
+        raise ValueError(
+            f"Config name {name!r} is not of the form '<size>px' or 'aligned_<size>px' "
+            "(e.g. '64px', 'aligned_112px')."
+        )
+    aligned, size = bool(match.group(1)), int(match.group(2))
+    mode = "detect, 5-point align" if aligned else "resize"
+    return FaceConfig(
+        name=name, image_size=size, aligned=aligned, description=f"{size}x{size} RGB ({mode})."
+    )
+
+
+def face_configs(sizes: Sequence[int]) -> list[FaceConfig]:
+    return [face_config(config_name(s, a)) for a in (False, True) for s in sizes]
+
+
+# ----------------------------------------------------------------------------------------------
+# Examples and images
+
+
+@dataclasses.dataclass
+class FaceExample:
+    """One image as a builder lists it, before reading."""
+
+    key: str  # unique within the dataset; also stored as `file_name`
+    expression: str  # canonical name
+    subject: str | None = None
+    sequence: str | None = None  # recording id, unique within the subject
+    pose: dict[str, float] = dataclasses.field(default_factory=dict)
+    path: Any = None  # image file (str or epath.Path)...
+    load: Callable[[], Any] | None = None  # ...or a function returning an image / HxW(xC) uint8 array
+
+
+def read_image(path) -> Image.Image:
+    """Opens an image file fully; a clear error names the file when it is unreadable."""
+    path = epath.Path(path)
+    try:
+        with path.open("rb") as f:
+            image = Image.open(f)
+            image.load()
+    except Exception as e:  # PIL raises several types for truncated or non-image files
+        raise ManualDataError(
+            f"Cannot read image {path}: {e}. Replace it with the original file from the dataset "
+            "archive (or delete it), then run the same command again; nothing was written."
+        ) from e
+    return image
+
+
+def to_rgb(image) -> Image.Image:
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(np.asarray(image, np.uint8))
+    if image.mode in ("P", "PA"):  # palette images (e.g. JAFFE's TIFFs): resolve the palette first
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(image, np.float64)
+        scale = 255.0 / max(float(array.max()), 1.0)
+        image = Image.fromarray((array * scale).astype(np.uint8))
+    return image.convert("RGB")
+
+
+def crop_fraction(image: Image.Image, box: tuple[float, float, float, float]) -> Image.Image:
+    """Crops (top, left, bottom, right) given as fractions of the height and width."""
+    w, h = image.size
+    top, left, bottom, right = box
+    return image.crop((round(left * w), round(top * h), round(right * w), round(bottom * h)))
+
+
+def center_square_resize(image: Image.Image, size: int) -> Image.Image:
+    """The largest centred square, resized to size x size (no aspect-ratio distortion)."""
+    w, h = image.size
+    side = min(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    image = image.crop((left, top, left + side, top + side))
+    if side != size:
+        image = image.resize((size, size), Image.Resampling.BICUBIC)
+    return image
+
+
+# ----------------------------------------------------------------------------------------------
+# Builder
+
+
+def manual_instructions(
+    *, archives: Sequence[str], obtain: str, folder: str, layout: str
+) -> str:
+    """MANUAL_DOWNLOAD_INSTRUCTIONS in the one format every builder uses."""
+    return (
+        f"Obtain {' and '.join(archives)} from {obtain}. Put the archive(s), or the extracted "
+        f"folder `{folder}/`, in the manual directory: `--config.data.manual_dir=DIR` (or TFDS's "
+        f"default <data_dir>/downloads/manual). Expected layout after extraction:\n{layout}"
+    )
+
+
+class FaceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """Base of the face builders. Subclasses set the class attributes and `list_examples`."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    BUILDER_CONFIG_CLASS = FaceConfig
+    BUILDER_CONFIGS = face_configs((48, 64, 96, 112))
+
+    CLASS_NAMES: tuple[str, ...] = ()  # canonical names, in `EXPRESSIONS` order
+    POSE_KEYS: tuple[str, ...] = ()
+    SPLITS: tuple[str, ...] = ("train",)
+    HAS_SUBJECTS = True
+    # (top, left, bottom, right) fractions cropped before resizing in unaligned configs: for datasets
+    # whose images are wider than the face (None = the image is already a face crop).
+    CROP_BOX: tuple[float, float, float, float] | None = None
+    # Paths relative to the dataset folder whose presence identifies it (all must exist).
+    ROOT_MARKERS: tuple[str, ...] = ()
+    ARCHIVES: tuple[str, ...] = ()  # archive file names a user may have put in the manual dir
+    FOLDER = ""  # the dataset folder's name after extraction
+    DESCRIPTION = ""
+    HOMEPAGE = ""
+    CITATION = ""
+
+    @tfds.core.utils.classproperty
+    @classmethod
+    def code_path(cls) -> epath.Path:
+        # TFDS 4.9.x computes this with `importlib_resources`, which it declares only for Python < 3.9.
+        import inspect
+
+        return epath.Path(inspect.getfile(cls))
+
+    def __init__(self, *, config: str | FaceConfig | None = None, **kwargs):
+        if isinstance(config, str) and config not in self.builder_configs:
+            config = face_config(config)
+        super().__init__(config=config, **kwargs)
+
+    # -- what subclasses provide -------------------------------------------------------------
+
+    def list_examples(self, root: epath.Path, split: str) -> Iterable[FaceExample]:
+        raise NotImplementedError
+
+    # -- TFDS --------------------------------------------------------------------------------
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        size = self.builder_config.image_size
+        features = {
+            "image": tfds.features.Image(shape=(size, size, 3)),
+            "expression": tfds.features.ClassLabel(names=self.CLASS_NAMES),
+            "subject": tfds.features.Scalar(np.int64, doc="Subject index; -1 if unknown."),
+            "subject_name": tfds.features.Text(doc="The dataset's own subject id; '' if unknown."),
+            "sequence": tfds.features.Scalar(np.int64, doc="Recording index; -1 if none."),
+            "file_name": tfds.features.Text(doc="Source file relative to the dataset folder."),
+            "face_found": tfds.features.Scalar(np.bool_, doc="Alignment found a face."),
+        }
+        for k in self.POSE_KEYS:
+            features[k] = tfds.features.Scalar(np.float32, doc=f"{k} in degrees.")
+        return self.dataset_info_from_configs(
+            description=self.DESCRIPTION,
+            features=tfds.features.FeaturesDict(features),
+            supervised_keys=("image", "expression"),
+            homepage=self.HOMEPAGE or None,
+            citation=self.CITATION or None,
+        )
+
+    def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Any]:
+        root = self.find_root(dl_manager)
+        listed = {split: list(self.list_examples(root, split)) for split in self.SPLITS}
+        for split, examples in listed.items():
+            if not examples:
+                raise ManualDataError(
+                    f"No labelled images for split {split!r} of {self.name} under {root}.\n"
+                    f"{self.MANUAL_DOWNLOAD_INSTRUCTIONS}"
+                )
+        everything = [e for examples in listed.values() for e in examples]
+        subjects = sorted({e.subject for e in everything if e.subject is not None})
+        sequences = sorted({(e.subject, e.sequence) for e in everything if e.sequence is not None},
+                           key=str)
+        ids = {"subject": {s: i for i, s in enumerate(subjects)},
+               "sequence": {s: i for i, s in enumerate(sequences)}}
+        aligner = self._aligner()
+        return {split: self._generate_examples(examples, ids, aligner) for split, examples in listed.items()}
+
+    def _generate_examples(self, examples, ids, aligner) -> Iterator[tuple[str, dict]]:
+        for ex in examples:
+            image, found = self.prepare(ex, aligner)
+            record = {
+                "image": image,
+                "expression": ex.expression,
+                "subject": ids["subject"].get(ex.subject, -1),
+                "subject_name": ex.subject or "",
+                "sequence": (ids["sequence"].get((ex.subject, ex.sequence), -1)
+                             if ex.sequence is not None else -1),
+                "file_name": ex.key,
+                "face_found": found,
+            }
+            for k in self.POSE_KEYS:
+                record[k] = np.float32(ex.pose[k])
+            yield ex.key, record
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _aligner(self):
+        if not self.builder_config.aligned:
+            return None
+        from idfer_jax.data import alignment
+
+        return alignment.FaceAligner(self.builder_config.image_size)
+
+    def prepare(self, ex: FaceExample, aligner=None) -> tuple[np.ndarray, bool]:
+        """The example's image as uint8 RGB at the config's size, and whether a face was found."""
+        image = to_rgb(ex.load() if ex.load is not None else read_image(ex.path))
+        size = self.builder_config.image_size
+        if aligner is not None:
+            aligned = aligner.align(np.asarray(image))
+            if aligned is not None:
+                return aligned, True
+            # Keep the record (dropping it would silently change the protocol); `face_found` says
+            # that this one is only resized, and the build log counts them.
+        if self.CROP_BOX is not None:
+            image = crop_fraction(image, self.CROP_BOX)
+        return np.asarray(center_square_resize(image, size)), aligner is None
+
+    def find_root(self, dl_manager: tfds.download.DownloadManager) -> epath.Path:
+        """The dataset folder in the manual directory, extracting an archive there if needed."""
+        try:
+            manual = epath.Path(dl_manager.manual_dir)
+        except AssertionError as e:
+            raise ManualDataError(
+                f"The manual download of {self.name} is missing: {str(e).splitlines()[0]}\n"
+                f"{self.MANUAL_DOWNLOAD_INSTRUCTIONS}"
+            ) from e
+        candidates = [manual, manual / self.FOLDER, manual / self.name, manual / self.name / self.FOLDER]
+        for candidate in candidates:
+            if self.is_root(candidate):
+                return candidate
+        looked = [str(c) for c in candidates]
+        for archive in self.ARCHIVES:
+            path = manual / archive
+            if path.exists():
+                extracted = epath.Path(dl_manager.extract(path))
+                for candidate in (extracted, extracted / self.FOLDER, *extracted.glob("*")):
+                    if self.is_root(candidate):
+                        return candidate
+                looked.append(f"{path} (extracted to {extracted})")
+        raise ManualDataError(
+            f"Cannot find the {self.name} data. Looked for {', '.join(self.ROOT_MARKERS)} in: "
+            f"{'; '.join(looked)}.\n{self.MANUAL_DOWNLOAD_INSTRUCTIONS}"
+        )
+
+    def is_root(self, path: epath.Path) -> bool:
+        return path.is_dir() and all((path / m).exists() for m in self.ROOT_MARKERS)
+
+
+def image_files(folder: epath.Path) -> list[epath.Path]:
+    """Image files under `folder` (recursively), sorted, hidden files skipped."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(os.fspath(folder)):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS):
+                out.append(epath.Path(dirpath) / name)
+    return out

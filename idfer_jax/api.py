@@ -6,6 +6,7 @@ from collections.abc import Iterable
 
 from idfer_jax import methods
 from idfer_jax.configuration import load_config_file
+from idfer_jax.train import crossval as crossval_lib
 from idfer_jax.train import evaluate as evaluate_lib
 from idfer_jax.train import trainer as trainer_lib
 
@@ -23,3 +24,8 @@ def train(config, workdir: str, *, devices=None, hooks: Iterable = ()) -> traine
 def evaluate(config, workdir: str, *, devices=None) -> dict:
     """Evaluates the last checkpoint in `workdir` on the held-out fold; writes `report.md`."""
     return evaluate_lib.evaluate(config, workdir, methods.build, devices)
+
+
+def crossval(config, workdir: str, *, devices=None) -> dict:
+    """Trains and evaluates every fold of the protocol (resuming finished ones); pooled report."""
+    return crossval_lib.crossval(config, workdir, methods.build, devices=devices)

@@ -2,9 +2,11 @@
 
     idfer train    --config=configs/baseline_synthetic.py --workdir=DIR [--config.a.b=value ...]
     idfer evaluate --config=configs/baseline_synthetic.py --workdir=DIR
+    idfer crossval --config=configs/baseline_ckplus.py --workdir=DIR [--folds=N]
 
 `train` resumes from the newest checkpoint in DIR when there is one, so an interrupted run continues when
-the same command is run again.
+the same command is run again; `crossval` trains and evaluates every fold in DIR/fold_<i> and resumes fold
+by fold the same way.
 """
 
 from __future__ import annotations
@@ -16,12 +18,16 @@ from ml_collections.config_flags import config_flags
 
 from idfer_jax.configuration import ConfigError, check_override_flags
 
-COMMANDS = ("train", "evaluate")
+COMMANDS = ("train", "evaluate", "crossval")
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/baseline_synthetic.py[:smoke].", lock_config=True
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and reports.")
+_FOLDS = flags.DEFINE_integer(
+    "folds", None, "crossval: number of subject-independent folds (sets config.data.num_folds; "
+    "k-fold protocol only)."
+)
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
@@ -52,14 +58,31 @@ def main(argv: list[str]) -> None:
     from idfer_jax import api  # after flag parsing: importing JAX and TFDS takes seconds
 
     config, workdir = _CONFIG.value, _WORKDIR.value
+    if _FOLDS.value is not None:
+        if commands[0] != "crossval":
+            raise app.UsageError("--folds is a crossval option; use --config.data.fold to pick a fold.")
+        if config.data.protocol != "kfold":
+            raise app.UsageError(
+                f"--folds sets the number of k-fold folds, but config.data.protocol is "
+                f"{config.data.protocol!r}, whose folds are fixed; drop --folds."
+            )
+        with config.unlocked():
+            config.data.num_folds = _FOLDS.value
     if commands[0] == "train":
         api.train(config, workdir)
+    elif commands[0] == "crossval":
+        summary = api.crossval(config, workdir)
+        acc = summary["mean_std"]["accuracy"]
+        print(f"Accuracy {acc['mean']:.4f} +- {acc['std']:.4f} over {summary['num_folds']} folds; "
+              f"report: {workdir}/crossval_report.md", flush=True)
     else:
         results = api.evaluate(config, workdir)
         identity = results["identity_leakage"]
+        leakage = (f"identity probe (linear) {identity['linear_acc']:.4f} vs chance "
+                   f"{identity['chance']:.4f}" if "linear_acc" in identity
+                   else f"identity leakage not measured ({identity.get('skipped')})")
         print(f"Held-out accuracy {results['accuracy']:.4f} on {results['num_test_subjects']} "
-              f"subjects; identity probe (linear) {identity['linear_acc']:.4f} vs chance "
-              f"{identity['chance']:.4f}; report: {workdir}/report.md", flush=True)
+              f"subjects; {leakage}; report: {workdir}/report.md", flush=True)
 
 
 def run() -> None:

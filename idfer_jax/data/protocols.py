@@ -9,6 +9,8 @@ file.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 
@@ -50,3 +52,42 @@ def fold_assignment(subjects: np.ndarray, num_folds: int, seed: int) -> dict:
         "seed": seed,
         "test_subjects": [[int(s) for s in fold] for fold in folds],
     }
+
+
+def leave_one_subject_out(subjects: np.ndarray) -> list[np.ndarray]:
+    """One fold per subject, in sorted subject order: fold i holds out the i-th subject."""
+    unique = np.unique(np.asarray(subjects))
+    if len(unique) < 2:
+        raise ValueError(f"Leave-one-subject-out needs at least 2 subjects, got {len(unique)}.")
+    return [np.array([s]) for s in unique]
+
+
+def folds_from_file(path: str, subject_names: dict[int, str]) -> list[np.ndarray]:
+    """The folds of a `folds.json` written by an earlier run, matched to this dataset by subject name.
+
+    Names, not indices, are matched so that a fold file stays valid for a dataset rebuilt at another
+    size or with alignment. Every subject must be in exactly one fold.
+    """
+    with open(path) as f:
+        saved = json.load(f)
+    folds_by_name = saved.get("test_subject_names") or saved.get("test_subjects")
+    if not folds_by_name:
+        raise ValueError(f"{path} holds no folds (expected 'test_subject_names' or 'test_subjects').")
+    index = {name: s for s, name in subject_names.items()}
+    folds, seen = [], set()
+    for fold in folds_by_name:
+        unknown = [str(n) for n in fold if str(n) not in index]
+        if unknown:
+            raise ValueError(
+                f"Fold file {path} names subjects this dataset lacks: {', '.join(unknown[:10])}. "
+                "Is it the fold file of another dataset?"
+            )
+        folds.append(np.sort(np.array([index[str(n)] for n in fold])))
+        seen.update(str(n) for n in fold)
+    missing = sorted(set(index) - seen)
+    if missing:
+        raise ValueError(
+            f"Fold file {path} leaves out subjects {', '.join(missing[:10])}: every subject must be "
+            "tested exactly once."
+        )
+    return folds

@@ -173,7 +173,9 @@ def format_leakage(identity: Mapping[str, Any] | None, pose: Mapping[str, Any] |
         (empty/None: says that no pose labels were available).
     """
     blocks = []
-    if identity:
+    if identity and "skipped" in identity:
+        blocks.append(f"**Identity leakage**: not measured ({identity['skipped']}).")
+    elif identity:
         table = markdown_table(
             [
                 {
@@ -196,9 +198,11 @@ def format_leakage(identity: Mapping[str, Any] | None, pose: Mapping[str, Any] |
         ):
             if key in identity:
                 detail.append(f"{identity[key]} {what}")
+        scope = identity.get("probe_subjects", "held-out subjects")
+        unit = identity.get("split_by", "image")
         blocks.append(
-            "**Identity leakage** (fresh probes on frozen expression features of held-out "
-            "subjects, split by image within subject; lower is better, chance beside it)\n\n"
+            f"**Identity leakage** (fresh probes on frozen expression features of {scope}, split by "
+            f"{unit} within subject; lower is better, chance beside it)\n\n"
             + table
             + (f"\n\n{', '.join(detail)}." if detail else "")
         )

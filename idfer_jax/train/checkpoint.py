@@ -27,6 +27,11 @@ IDENTITY_KEYS: tuple[str, ...] = (
     "seed",
     "data.name",
     "data.config",
+    "data.protocol",
+    "data.class_names",
+    "data.class_map",
+    "data.fold_file",
+    "data.test.name",
     "data.image_size",
     "data.fold",
     "data.num_folds",
@@ -45,7 +50,8 @@ def _lookup(config: dict, dotted: str) -> Any:
         if not isinstance(value, dict) or part not in value:
             return None
         value = value[part]
-    return value
+    # The saved config went through JSON, which turns tuples into lists.
+    return list(value) if isinstance(value, tuple) else value
 
 
 def check_compatible(saved: dict, current: dict, keys: Sequence[str] = IDENTITY_KEYS) -> None:

@@ -44,7 +44,36 @@ def collect_outputs(trainer: Trainer, variables: dict, indices: np.ndarray) -> d
             chunks.setdefault(k, []).append(np.asarray(v))
     collected = {k: np.concatenate(v) for k, v in chunks.items()}
     real = collected.pop("mask") > 0
-    return {k: v[real] for k, v in collected.items()}
+    out = {k: v[real] for k, v in collected.items()}
+    out["sequence"] = trainer.dataset.labels["sequence"][np.asarray(indices)]
+    return out
+
+
+def identity_leakage(trainer: Trainer, variables: dict, out: dict, seed: int) -> dict:
+    """Identity probes on the held-out subjects' expression features, split by sequence where known.
+
+    Where the held-out fold has a single subject (leave-one-subject-out), no probe can tell subjects
+    apart within it; the probe then reads the fold model's features of *every* subject, training
+    subjects included, and says so (`probe_subjects`). Without subject ids there is nothing to probe.
+    """
+    subjects = out["subject"]
+    if (subjects < 0).any():
+        return {"skipped": "the dataset has no subject ids"}
+    probe = out
+    scope = "held-out subjects"
+    if len(np.unique(subjects)) < 2:
+        everything = np.sort(np.concatenate([trainer.dataset.train_indices, trainer.dataset.test_indices]))
+        probe = collect_outputs(trainer, variables, everything)
+        scope = "all subjects (the fold holds out one; the others were seen in training)"
+    sequences = probe.get("sequence")
+    groups = sequences if sequences is not None and (sequences >= 0).all() else None
+    try:
+        result = E.identity_leakage(probe["features"], probe["subject"], seed=seed, groups=groups)
+    except ValueError as e:  # e.g. no subject with two sequences
+        return {"skipped": str(e)}
+    result["probe_subjects"] = scope
+    result["split_by"] = "sequence" if groups is not None else "image"
+    return result
 
 
 def _eval_batches(trainer: Trainer, indices: np.ndarray):
@@ -62,18 +91,19 @@ def evaluate(config, workdir: str, build_method: BuildMethod, devices=None) -> d
     acc = E.ConfusionAccumulator(spec.num_classes)
     acc.update(out["expression"], predictions)
     seed = int(config.eval.probe_seed)
-    identity = E.identity_leakage(out["features"], out["subject"], seed=seed)
+    identity = identity_leakage(trainer, variables, out, seed)
     pose_arrays = {k: out[k] for k in ("yaw", "pitch") if k in out}
     pose = E.pose_leakage(out["features"], out["subject"], pose_arrays, seed=seed) if pose_arrays else {}
 
     results = {
         "method": config.method,
         "dataset": trainer.dataset.fold_file["dataset"],
+        "protocol": trainer.dataset.fold_file["protocol"],
         "fold": int(config.data.fold),
-        "num_folds": int(config.data.num_folds),
+        "num_folds": trainer.dataset.num_folds,
         "checkpoint_step": int(step),
         "num_test_images": int(len(predictions)),
-        "num_test_subjects": int(len(np.unique(out["subject"]))),
+        "num_test_subjects": int(len(np.unique(out["subject"][out["subject"] >= 0]))),
         "accuracy": float(acc.accuracy),
         "mean_class_accuracy": float(acc.mean_class_accuracy),
         "confusion_matrix": acc.matrix.tolist(),
@@ -95,6 +125,20 @@ def evaluate(config, workdir: str, build_method: BuildMethod, devices=None) -> d
     if jax.process_index() == 0:
         write_outputs(workdir, results)
     return results
+
+
+def protocol_sentence(results: dict) -> str:
+    protocol = results.get("protocol", "subject_kfold")
+    if protocol in ("official", "cross_dataset"):
+        split = ("the dataset's official train/test split" if protocol == "official"
+                 else "train on the first dataset, test on the second")
+        what = f"Dataset `{results['dataset']}`; {split} (`folds.json`)."
+    else:
+        kind = ("leave-one-subject-out" if protocol == "leave_one_subject_out"
+                else f"subject-independent {results['num_folds']}-fold")
+        what = (f"Dataset `{results['dataset']}`; {kind} split (`folds.json`), fold {results['fold']} "
+                "held out: no test subject was seen in training.")
+    return what + " Evaluated at the last checkpoint (no model selection on the test fold)."
 
 
 def write_outputs(workdir: str, results: dict) -> None:
@@ -119,10 +163,7 @@ def write_outputs(workdir: str, results: dict) -> None:
         "checkpoint step": results["checkpoint_step"],
     }]
     sections = [
-        ("Protocol", (
-            f"Dataset `{results['dataset']}`; subject-independent {results['num_folds']}-fold split "
-            f"(`folds.json`), fold {results['fold']} held out: no test subject was seen in training. "
-            "Evaluated at the last checkpoint (no model selection on the test fold).")),
+        ("Protocol", protocol_sentence(results)),
         ("Expression accuracy on held-out subjects", E.markdown_table(summary)),
         ("Confusion matrix", "Rows: true class, columns: predicted. `confusion_matrix.csv`.\n\n"
          "![confusion matrix](confusion_matrix.png)"),

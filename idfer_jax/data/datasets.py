@@ -1,0 +1,412 @@
+"""Opening a dataset for one run: builder registry, preparation, class selection and the protocol.
+
+`open_dataset(config.data)` returns a `Dataset`: one random-access source over every record the run may
+use, the labels of those records in memory, and the train / test record indices of the selected fold.
+The protocol (`config.data.protocol`) decides the split:
+
+- `kfold`: subject-independent k folds of the `train` split (`num_folds`, `split_seed`);
+- `loso`: leave-one-subject-out, fold i holds out the i-th subject in sorted order;
+- `official`: the dataset's own `train` / `test` splits (RAF-DB, AffectNet, SFEW, FER2013);
+- cross-dataset, whenever `config.data.test.name` is set: train on every record of `data.name`, test on
+  every record of `data.test.name` (its `test` split when it has one).
+
+Classes: the run's `class_names` (empty = the dataset's own) select and order the classes. Datasets name
+their classes with the canonical vocabulary of `face_builder.EXPRESSIONS`, so CK+'s 6-class protocol is
+`class_names` without contempt, and cross-dataset runs match classes by name; `class_map` ('from:to,...')
+renames or merges classes first. Records of unselected classes are left out, and the fold file says so.
+
+A fold file (`folds.json`) records the whole split by subject *name*; `config.data.fold_file` replays one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from idfer_jax.data import protocols
+from idfer_jax.data.errors import DataError
+
+# Builders that ship with the library; importing the module registers the TFDS builder.
+DATASET_MODULES = {
+    "synthetic_faces": "idfer_jax.data.synthetic_faces",
+    "image_folder": "idfer_jax.data.image_folder",
+    "ck_plus": "idfer_jax.data.benchmarks.ck_plus",
+    "ck_plus48": "idfer_jax.data.benchmarks.ck_plus48",
+    "oulu_casia": "idfer_jax.data.benchmarks.oulu_casia",
+    "mmi": "idfer_jax.data.benchmarks.mmi",
+    "jaffe": "idfer_jax.data.benchmarks.jaffe",
+    "kdef": "idfer_jax.data.benchmarks.kdef",
+    "bu3dfe": "idfer_jax.data.benchmarks.bu3dfe",
+    "multi_pie": "idfer_jax.data.benchmarks.multi_pie",
+    "raf_db": "idfer_jax.data.benchmarks.raf_db",
+    "affectnet": "idfer_jax.data.benchmarks.affectnet",
+    "sfew": "idfer_jax.data.benchmarks.sfew",
+    "fer2013": "idfer_jax.data.benchmarks.fer2013",
+    "ferplus": "idfer_jax.data.benchmarks.fer2013",
+}
+# Builders that generate their data and so may be prepared on first use.
+NEEDS_NO_DOWNLOAD = frozenset({"synthetic_faces"})
+POSE_KEYS = ("yaw", "pitch", "roll")
+PROTOCOLS = ("kfold", "loso", "official")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+    """What a method needs to know about the data of one run (one fold)."""
+
+    image_shape: tuple[int, int, int]
+    class_names: tuple[str, ...]
+    train_subjects: tuple[int, ...]  # identity heads index subjects by their position here
+    pose_keys: tuple[str, ...]
+    has_neutral: bool
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def num_train_subjects(self) -> int:
+        return len(self.train_subjects)
+
+
+@dataclasses.dataclass
+class Dataset:
+    """An opened dataset with one fold selected."""
+
+    source: Any  # random-access source over every usable record, labels already mapped
+    labels: dict[str, np.ndarray]  # per-record `expression`, `subject`, `sequence` and pose arrays
+    train_indices: np.ndarray
+    test_indices: np.ndarray
+    spec: DataSpec
+    fold_file: dict  # the protocol as data, written next to the results
+
+    @property
+    def num_folds(self) -> int:
+        return int(self.fold_file.get("num_folds", 1))
+
+
+# ----------------------------------------------------------------------------------------------
+# Builders
+
+
+def dataset_name(data_config) -> str:
+    name = data_config.name
+    if data_config.get("config"):
+        name = f"{name}/{data_config.config}"
+    return name
+
+
+def data_dir(data_config) -> str:
+    """config.data.data_dir, else TFDS's own default ($TFDS_DATA_DIR or ~/tensorflow_datasets)."""
+    directory = data_config.get("data_dir") or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
+    return os.path.expanduser(directory)
+
+
+def builder_kwargs(data_config) -> dict:
+    """Extra builder arguments a builder derives from the data config (e.g. image_folder's pattern)."""
+    module = importlib.import_module(DATASET_MODULES[data_config.name])
+    make = getattr(module, "builder_kwargs_from_config", None)
+    return make(data_config) if make else {}
+
+
+def load_builder(data_config) -> tfds.core.DatasetBuilder:
+    """The TFDS builder of `data_config`, prepared if needed (from `manual_dir` for real datasets)."""
+    name = data_config.name
+    if name not in DATASET_MODULES:
+        raise DataError(
+            f"Unknown dataset {name!r}. Known datasets: {', '.join(sorted(DATASET_MODULES))}. "
+            "Set --config.data.name to one of them (or 'image_folder' for your own images)."
+        )
+    importlib.import_module(DATASET_MODULES[name])
+    directory = data_dir(data_config)
+    if data_config.get("data_dir") and not os.path.isdir(os.path.dirname(directory.rstrip("/"))):
+        raise DataError(
+            f"data_dir {directory} cannot be created: its parent directory does not exist. "
+            "Pass an existing directory with --config.data.data_dir."
+        )
+    kwargs = builder_kwargs(data_config)
+    # A builder configured from config.data (image_folder) gets its config object, not a name.
+    name_and_config = name if "config" in kwargs else dataset_name(data_config)
+    try:
+        builder = tfds.builder(name_and_config, data_dir=directory, **kwargs)
+    except (tfds.core.registered.DatasetNotFoundError, ValueError) as e:
+        if isinstance(e, DataError):
+            raise
+        raise DataError(
+            f"Cannot open dataset {dataset_name(data_config)!r}: {e}. Check --config.data.config."
+        ) from e
+    if not builder.is_prepared():
+        manual_dir = data_config.get("manual_dir") or None
+        if name not in NEEDS_NO_DOWNLOAD and manual_dir and not os.path.isdir(manual_dir):
+            raise DataError(
+                f"manual_dir {manual_dir} does not exist. Point --config.data.manual_dir at the folder "
+                f"that holds the {name} download.\n{builder.MANUAL_DOWNLOAD_INSTRUCTIONS or ''}"
+            )
+        download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
+        builder.download_and_prepare(file_format="array_record", download_config=download_config)
+    return builder
+
+
+def _image_shape(builder) -> tuple[int, int, int]:
+    return tuple(int(s) for s in builder.info.features["image"].shape)
+
+
+def read_labels(source, keys: Sequence[str], batch: int = 256) -> dict[str, np.ndarray]:
+    """Reads the scalar label features of every record, in record order.
+
+    A key the records lack (the synthetic set has no `sequence` or `subject_name`) reads as -1 / ''.
+    """
+    columns: dict[str, list] = {k: [] for k in keys}
+    for start in range(0, len(source), batch):
+        records = source.__getitems__(range(start, min(start + batch, len(source))))
+        for record in records:
+            for k in keys:
+                columns[k].append(record.get(k, "" if k == "subject_name" else -1))
+    return {k: np.asarray(v) for k, v in columns.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# Classes
+
+
+def parse_class_map(spec: str | None) -> dict[str, str]:
+    """'happy:happiness, scream:' -> {'happy': 'happiness', 'scream': ''} ('' drops the class)."""
+    out = {}
+    for item in (spec or "").split(","):
+        if not item.strip():
+            continue
+        if ":" not in item:
+            raise DataError(f"class_map entry {item!r} is not of the form 'from:to'.")
+        src, dst = (s.strip() for s in item.split(":", 1))
+        out[src] = dst
+    return out
+
+
+def class_lookup(dataset_classes: Sequence[str], run_classes: Sequence[str], class_map: dict,
+                 dataset: str) -> np.ndarray:
+    """Maps each dataset class index to a run class index, or -1 for classes the run leaves out."""
+    run_index = {c: i for i, c in enumerate(run_classes)}
+    lookup = np.full(len(dataset_classes), -1, np.int64)
+    for i, c in enumerate(dataset_classes):
+        lookup[i] = run_index.get(class_map.get(c, c), -1)
+    missing = sorted(set(run_classes) - {class_map.get(c, c) for c in dataset_classes})
+    if missing:
+        raise DataError(
+            f"{dataset} has no class {', '.join(missing)} (its classes: {', '.join(dataset_classes)}). "
+            "Fix --config.data.class_names, or map a class onto it with --config.data.class_map."
+        )
+    return lookup
+
+
+# ----------------------------------------------------------------------------------------------
+# Sources
+
+
+class MappedSource:
+    """Records of several TFDS sources, concatenated, with classes and subjects renumbered for the run."""
+
+    def __init__(self, parts: Sequence[tuple[Any, np.ndarray, int]]):
+        self._parts = list(parts)  # (source, class lookup, subject offset)
+        self._starts = np.cumsum([0] + [len(p[0]) for p in self._parts])
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def _locate(self, index: int) -> tuple[int, int]:
+        part = int(np.searchsorted(self._starts, index, side="right") - 1)
+        return part, int(index - self._starts[part])
+
+    def _map(self, part: int, record: dict) -> dict:
+        _, lookup, offset = self._parts[part]
+        record = dict(record)
+        record["expression"] = lookup[record["expression"]]
+        if offset and record["subject"] >= 0:
+            record["subject"] = record["subject"] + offset
+        return record
+
+    def __getitem__(self, index: int) -> dict:
+        part, local = self._locate(int(index))
+        return self._map(part, self._parts[part][0][local])
+
+    def __getitems__(self, indices) -> list[dict]:
+        return [self[i] for i in indices]
+
+
+# ----------------------------------------------------------------------------------------------
+# Opening
+
+
+def _test_config(data_config):
+    """The data config of a cross-dataset test set, or None."""
+    test = data_config.get("test")
+    if not test or not test.get("name"):
+        return None
+    merged = data_config.copy_and_resolve_references()
+    with merged.unlocked():
+        for k in ("name", "config", "manual_dir", "data_dir"):
+            if k in test and (test[k] or k in ("name", "config")):
+                merged[k] = test[k]
+        merged.test = None
+    return merged
+
+
+def open_dataset(data_config) -> Dataset:
+    """Opens `data_config.name`, maps its classes and selects fold `data_config.fold`."""
+    test_config = _test_config(data_config)
+    protocol = data_config.get("protocol", "kfold")
+    if test_config is None and protocol not in PROTOCOLS:
+        raise DataError(
+            f"Unknown protocol {protocol!r}; use one of {', '.join(PROTOCOLS)} (a cross-dataset run is "
+            "chosen by setting --config.data.test.name)."
+        )
+    directory = data_dir(data_config)
+    if data_config.get("data_dir") and not os.path.exists(directory) and (
+        data_config.name not in NEEDS_NO_DOWNLOAD and not data_config.get("manual_dir")
+    ):
+        raise DataError(
+            f"data_dir {directory} does not exist. Pass the directory that holds the prepared "
+            "datasets with --config.data.data_dir, or the raw download with --config.data.manual_dir "
+            "to prepare it there."
+        )
+    builders = [load_builder(data_config)]
+    if test_config is not None:
+        builders.append(load_builder(test_config))
+    names = [dataset_name(data_config)] + ([dataset_name(test_config)] if test_config else [])
+
+    image_shape = _image_shape(builders[0])
+    expected = int(data_config.image_size)
+    for builder, name in zip(builders, names, strict=True):
+        shape = _image_shape(builder)
+        if shape[:2] != (expected, expected):
+            raise DataError(
+                f"{name} has {shape[0]}x{shape[1]} images but config.data.image_size={expected}. Set "
+                f"--config.data.image_size={shape[0]} or pick a dataset config with that image size "
+                f"(e.g. --config.data.config={expected}px)."
+            )
+        if shape != image_shape:
+            raise DataError(f"{names[0]} has {image_shape} images but {name} has {shape}.")
+
+    dataset_classes = [tuple(b.info.features["expression"].names) for b in builders]
+    run_classes = tuple(data_config.get("class_names") or ()) or dataset_classes[0]
+    class_map = parse_class_map(data_config.get("class_map"))
+    lookups = [class_lookup(c, run_classes, class_map, n)
+               for c, n in zip(dataset_classes, names, strict=True)]
+
+    if test_config is not None:
+        splits = [(builders[0], "train"),
+                  (builders[1], "test" if "test" in builders[1].info.splits else "train")]
+    elif protocol == "official":
+        if "test" not in builders[0].info.splits:
+            raise DataError(
+                f"{names[0]} has no official test split (splits: {', '.join(builders[0].info.splits)}); "
+                "use --config.data.protocol=kfold or loso."
+            )
+        splits = [(builders[0], "train"), (builders[0], "test")]
+    else:
+        splits = [(builders[0], "train")]
+
+    features = [b.info.features for b in builders]
+    pose_keys = tuple(k for k in POSE_KEYS if all(k in f for f in features))
+    keys = ("expression", "subject", "sequence", "subject_name", *pose_keys)
+    parts, columns = [], []
+    for i, (builder, split) in enumerate(splits):
+        lookup = lookups[0 if builder is builders[0] else 1]
+        part_labels = read_labels(label_source(builder, split), keys)
+        part_labels["expression"] = lookup[part_labels["expression"]]
+        # A second dataset's subjects are shifted past the first one's ids (the splits of one
+        # dataset share its subject numbering).
+        offset = 0
+        if builder is not builders[0]:
+            offset = int(columns[0]["subject"].max(initial=-1)) + 1
+            part_labels["subject"] = np.where(part_labels["subject"] >= 0,
+                                              part_labels["subject"] + offset, -1)
+        part_labels["part"] = np.full(len(part_labels["subject"]), i)
+        parts.append((builder.as_data_source(split=split), lookup, offset))
+        columns.append(part_labels)
+    source = MappedSource(parts)
+    labels = {k: np.concatenate([c[k] for c in columns]) for k in columns[0]}
+    part_of = labels.pop("part")
+    subject_names = {int(s): n.decode() if isinstance(n, bytes) else str(n)
+                     for s, n in zip(labels["subject"], labels.pop("subject_name"), strict=True) if s >= 0}
+    usable = labels["expression"] >= 0
+
+    if len(splits) == 2:  # official split or cross-dataset: the split is given
+        train_idx = np.flatnonzero(usable & (part_of == 0))
+        test_idx = np.flatnonzero(usable & (part_of == 1))
+        fold_file = {
+            "protocol": "cross_dataset" if test_config is not None else "official",
+            "num_folds": 1,
+            "train": f"{names[0]}:train",
+            "test": f"{names[-1]}:{splits[1][1]}",
+        }
+        if int(data_config.get("fold", 0)) != 0:
+            raise DataError("This protocol has a single fold; set --config.data.fold=0.")
+    else:
+        folds = _folds(data_config, protocol, labels["subject"][usable], subject_names)
+        fold = int(data_config.fold)
+        if not 0 <= fold < len(folds):
+            raise DataError(
+                f"config.data.fold={fold} but the {protocol} protocol has {len(folds)} folds "
+                f"(0..{len(folds) - 1})."
+            )
+        is_test = np.isin(labels["subject"], folds[fold])
+        train_idx, test_idx = np.flatnonzero(usable & ~is_test), np.flatnonzero(usable & is_test)
+        fold_file = {
+            "protocol": "leave_one_subject_out" if protocol == "loso" else "subject_kfold",
+            "num_folds": len(folds),
+            "seed": int(data_config.split_seed) if protocol == "kfold" else None,
+            "test_subjects": [[int(s) for s in f] for f in folds],
+            "test_subject_names": [[subject_names.get(int(s), str(s)) for s in f] for f in folds],
+        }
+    dropped = [c for c, i in zip(dataset_classes[0], lookups[0], strict=True) if i < 0]
+    fold_file.update(
+        dataset=names[0] if test_config is None else f"{names[0]} -> {names[1]}",
+        fold=int(data_config.get("fold", 0)),
+        class_names=list(run_classes),
+        classes_left_out=dropped,
+        class_map=class_map,
+        num_train=int(len(train_idx)),
+        num_test=int(len(test_idx)),
+    )
+    spec = DataSpec(
+        image_shape=image_shape,
+        class_names=run_classes,
+        train_subjects=tuple(int(s) for s in np.unique(labels["subject"][train_idx]) if s >= 0),
+        pose_keys=pose_keys,
+        has_neutral=all("neutral_image" in f for f in features),
+    )
+    return Dataset(source, labels, train_idx, test_idx, spec, fold_file)
+
+
+def label_source(builder, split: str):
+    """A data source of `split` that leaves images encoded: reading labels then costs no decoding."""
+    decoders = {k: tfds.decode.SkipDecoding() for k in ("image", "neutral_image")
+                if k in builder.info.features}
+    return builder.as_data_source(split=split, decoders=decoders)
+
+
+def _folds(data_config, protocol: str, subjects: np.ndarray, names: dict[int, str]) -> list[np.ndarray]:
+    """The test subjects of every fold: from `fold_file` if given, else from the protocol."""
+    if (subjects < 0).any():
+        raise DataError(
+            f"{data_config.name} has no subject ids, so subject-independent folds are impossible; "
+            "use --config.data.protocol=official (its own train/test split)."
+        )
+    path = data_config.get("fold_file")
+    if path:
+        return protocols.folds_from_file(path, names or {int(s): str(s) for s in np.unique(subjects)})
+    if protocol == "loso":
+        return protocols.leave_one_subject_out(subjects)
+    return protocols.subject_folds(subjects, int(data_config.num_folds), int(data_config.split_seed))
+
+
+def write_fold_file(dataset: Dataset, path: str) -> None:
+    with open(path, "w") as f:
+        json.dump(dataset.fold_file, f, indent=1)

@@ -1,0 +1,165 @@
+"""Cross-validation: train and evaluate every fold of a run's protocol, then pool the results.
+
+    idfer crossval --config=configs/baseline_ckplus.py --workdir=DIR --config.data.manual_dir=...
+
+Each fold is an ordinary run in `DIR/fold_<i>` (its own checkpoints, `folds.json`, `report.md`), so an
+interrupted cross-validation resumes fold by fold: finished folds (an `eval_results.json` at the final
+step) are read back, an interrupted fold resumes from its last checkpoint. At the end `DIR` holds:
+
+- `crossval_report.md`: per-fold and mean +- std tables (population std over folds), the pooled
+  confusion matrix, identity and pose leakage per fold;
+- `crossval_folds.csv`, `crossval_results.json`, `confusion_matrix_pooled.{csv,png}`;
+- `folds.json`: the protocol (which subjects each fold holds out), to replay with
+  `--config.data.fold_file`.
+
+Every fold is evaluated at its last checkpoint: no model is selected on a test fold.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+import numpy as np
+
+from idfer_jax import eval as E
+from idfer_jax.data import datasets
+from idfer_jax.train import evaluate as evaluate_lib
+from idfer_jax.train.trainer import BuildMethod, Trainer
+
+
+def fold_config(config, fold: int):
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+        config.data.fold = fold
+    return config
+
+
+def _finished(fold_dir: str, num_steps: int) -> dict | None:
+    path = os.path.join(fold_dir, "eval_results.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        results = json.load(f)
+    return results if results.get("checkpoint_step") == num_steps else None
+
+
+def crossval(config, workdir: str, build_method: BuildMethod, *, devices=None) -> dict:
+    """Runs (or resumes) every fold of `config.data`'s protocol and writes the pooled report."""
+    protocol = datasets.open_dataset(config.data)
+    num_folds = protocol.num_folds
+    is_main = jax.process_index() == 0
+    if is_main:
+        os.makedirs(workdir, exist_ok=True)
+        datasets.write_fold_file(protocol, os.path.join(workdir, "folds.json"))
+    num_steps = int(config.train.num_steps)
+    per_fold, seconds = [], []
+    for fold in range(num_folds):
+        fold_dir = os.path.join(workdir, f"fold_{fold}")
+        results = _finished(fold_dir, num_steps)
+        start = time.time()
+        if results is None:
+            print(f"== fold {fold + 1}/{num_folds} -> {fold_dir}", flush=True)
+            cfg = fold_config(config, fold)
+            Trainer(cfg, build_method, devices).train(fold_dir)
+            results = evaluate_lib.evaluate(cfg, fold_dir, build_method, devices)
+            seconds.append(time.time() - start)
+        else:
+            print(f"== fold {fold + 1}/{num_folds}: done earlier ({fold_dir}/eval_results.json)",
+                  flush=True)
+        results["fold_dir"] = os.path.basename(fold_dir)
+        per_fold.append(results)
+        print(f"   fold {fold}: accuracy {results['accuracy']:.4f} on "
+              f"{results['num_test_images']} images of {results['num_test_subjects']} subjects",
+              flush=True)
+    summary = summarise(per_fold)
+    summary["seconds_this_invocation"] = float(sum(seconds))
+    if is_main:
+        write_outputs(workdir, config, summary, per_fold)
+    return summary
+
+
+def _fold_row(r: dict) -> dict:
+    row = {
+        "fold": r["fold"],
+        "accuracy": r["accuracy"],
+        "mean class accuracy": r["mean_class_accuracy"],
+        "test images": r["num_test_images"],
+        "test subjects": r["num_test_subjects"],
+    }
+    identity = r.get("identity_leakage") or {}
+    if "linear_acc" in identity:
+        row.update({"identity probe (linear)": identity["linear_acc"],
+                    "identity probe (MLP)": identity["mlp_acc"],
+                    "identity chance": identity["chance"]})
+    for k, v in (r.get("pose_leakage") or {}).items():
+        row[f"{k.removesuffix('_r2')} R^2"] = v
+    return row
+
+
+def summarise(per_fold: list[dict]) -> dict:
+    """Mean and std over folds of every per-fold number, and the pooled confusion matrix."""
+    rows = [_fold_row(r) for r in per_fold]
+    numeric = [k for k in rows[0] if k not in ("fold",) and all(
+        isinstance(row.get(k), float) for row in rows)]
+    stats = {k: E.mean_and_std([row[k] for row in rows]) for k in numeric}
+    pooled = np.sum([np.asarray(r["confusion_matrix"]) for r in per_fold], axis=0)
+    first = per_fold[0]
+    return {
+        "method": first["method"],
+        "dataset": first["dataset"],
+        "protocol": first.get("protocol", "subject_kfold"),
+        "num_folds": len(per_fold),
+        "class_names": first["class_names"],
+        "folds": rows,
+        "mean_std": {k: {"mean": m, "std": s} for k, (m, s) in stats.items()},
+        "pooled_confusion_matrix": pooled.tolist(),
+        "pooled_accuracy": float(np.trace(pooled) / max(pooled.sum(), 1)),
+        "identity_probe_subjects": (first.get("identity_leakage") or {}).get("probe_subjects"),
+    }
+
+
+def write_outputs(workdir: str, config, summary: dict, per_fold: list[dict]) -> None:
+    names = summary["class_names"]
+    pooled = np.asarray(summary["pooled_confusion_matrix"])
+    E.write_confusion_csv(pooled, names, os.path.join(workdir, "confusion_matrix_pooled.csv"))
+    E.plot_confusion_matrix(
+        pooled, names, os.path.join(workdir, "confusion_matrix_pooled.png"),
+        title=f"{summary['method']} on {summary['dataset']}, {summary['num_folds']} folds pooled",
+    )
+    rows = summary["folds"]
+    E.write_csv(rows, os.path.join(workdir, "crossval_folds.csv"))
+    with open(os.path.join(workdir, "crossval_results.json"), "w") as f:
+        json.dump({**summary, "config": config.to_dict()}, f, indent=1, default=str)
+
+    mean_rows = [{"": "mean", **{k: v["mean"] for k, v in summary["mean_std"].items()}},
+                 {"": "std", **{k: v["std"] for k, v in summary["mean_std"].items()}}]
+    acc = summary["mean_std"]["accuracy"]
+    headline = (f"Accuracy **{acc['mean']:.4f} +- {acc['std']:.4f}** (mean +- population std over "
+                f"{summary['num_folds']} folds; pooled over all test images: "
+                f"{summary['pooled_accuracy']:.4f}; chance {1 / len(names):.4f}).")
+    identity = summary["mean_std"].get("identity probe (linear)")
+    if identity:
+        chance = summary["mean_std"]["identity chance"]["mean"]
+        headline += (f" Identity probe (linear) on the expression features: {identity['mean']:.4f} +- "
+                     f"{identity['std']:.4f} (mean chance {chance:.4f}; probe on "
+                     f"{summary['identity_probe_subjects']}).")
+    sections = [
+        ("Protocol", evaluate_lib.protocol_sentence({**per_fold[0], "fold": "each"})
+         + " Fold files: `folds.json`; each fold's own report is in `fold_<i>/report.md`."),
+        ("Summary", headline),
+        ("Mean and std over folds", E.markdown_table(mean_rows)),
+        ("Per fold", E.markdown_table(rows)),
+        ("Pooled confusion matrix", "Rows: true class, columns: predicted; summed over the folds' test "
+         "sets (`confusion_matrix_pooled.csv`).\n\n![pooled confusion matrix]"
+         "(confusion_matrix_pooled.png)"),
+    ]
+    E.write_report(
+        os.path.join(workdir, "crossval_report.md"),
+        title=f"idfer_jax cross-validation: {summary['method']} on {summary['dataset']}",
+        sections=sections,
+    )
+
+

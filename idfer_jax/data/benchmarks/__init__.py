@@ -1,1 +1,1 @@
-"""TFDS builders for the FER benchmarks. Each needs a manual download; see its MANUAL_DOWNLOAD_INSTRUCTIONS."""
+"""TFDS builders for the FER benchmarks; each needs a manual download (its MANUAL_DOWNLOAD_INSTRUCTIONS)."""

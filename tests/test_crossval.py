@@ -1,0 +1,80 @@
+"""`idfer crossval`: every fold trained and evaluated, pooled tables, fold-by-fold resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+from idfer_jax import api
+from tests.conftest import REPO, subprocess_env
+from tests.test_datasets import PATTERN, write_folder
+
+
+def test_crossval_learns_on_every_fold_and_pools_the_results(smoke_config, tmp_path):
+    config = smoke_config
+    config.data.num_folds = 2
+    config.train.num_steps = 400
+    config.train.checkpoint_every = 200
+    workdir = str(tmp_path / "cv")
+    summary = api.crossval(config, workdir)
+
+    accuracies = [row["accuracy"] for row in summary["folds"]]
+    assert len(accuracies) == 2
+    assert min(accuracies) > 0.25, accuracies  # chance is 1/7
+    assert np.isclose(summary["mean_std"]["accuracy"]["mean"], np.mean(accuracies))
+    assert np.isclose(summary["mean_std"]["accuracy"]["std"], np.std(accuracies))
+    pooled = np.asarray(summary["pooled_confusion_matrix"])
+    per_fold = [json.load(open(os.path.join(workdir, f"fold_{i}", "eval_results.json")))
+                for i in range(2)]
+    assert pooled.sum() == sum(r["num_test_images"] for r in per_fold) == 24 * 7 * 8
+    for name in ("crossval_report.md", "crossval_folds.csv", "confusion_matrix_pooled.png",
+                 "confusion_matrix_pooled.csv", "crossval_results.json", "folds.json"):
+        assert os.path.getsize(os.path.join(workdir, name)) > 0, name
+    with open(os.path.join(workdir, "crossval_folds.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert [float(r["accuracy"]) for r in rows] == accuracies
+    assert all(float(r["identity probe (linear)"]) > float(r["identity chance"]) for r in rows)
+    report = open(os.path.join(workdir, "crossval_report.md")).read()
+    assert "Mean and std over folds" in report and "yaw R^2" in report
+    folds = json.load(open(os.path.join(workdir, "folds.json")))["test_subjects"]
+    assert sorted(s for f in folds for s in f) == list(range(24))
+
+
+def test_crossval_cli_loso_resumes_fold_by_fold(tmp_path, compilation_cache):
+    root = write_folder(tmp_path / "raw", subjects=("S01", "S02", "S03"))
+    workdir = tmp_path / "cv"
+    command = [
+        sys.executable, "-m", "idfer_jax.main", "crossval",
+        f"--config={REPO / 'configs' / 'baseline_synthetic.py'}:smoke", f"--workdir={workdir}",
+        "--config.data.name=image_folder", "--config.data.config=32px", "--config.data.image_size=32",
+        f"--config.data.manual_dir={root}", f"--config.data.pattern={PATTERN}",
+        "--config.data.class_names=('anger','happiness','sadness')", "--config.data.protocol=loso",
+        f"--config.data.data_dir={tmp_path / 'tfds'}", "--config.train.num_steps=4",
+        "--config.train.batch_size=8", "--config.train.checkpoint_every=2", "--config.eval.batch_size=8",
+    ]
+    env = subprocess_env(compilation_cache)
+    first = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "over 3 folds" in first.stdout
+    results = json.load(open(workdir / "fold_1" / "eval_results.json"))
+    assert results["protocol"] == "leave_one_subject_out" and results["num_test_subjects"] == 1
+    # One subject per fold: the identity probe says it read all subjects through the fold's model.
+    assert results["identity_leakage"]["probe_subjects"].startswith("all subjects")
+    assert results["identity_leakage"]["split_by"] == "sequence"
+    report = (workdir / "crossval_report.md").read_text()
+    assert "leave-one-subject-out" in report
+
+    # A finished fold is read back, not retrained; a removed result is recomputed from its checkpoint.
+    os.remove(workdir / "fold_2" / "eval_results.json")
+    again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("done earlier") == 2
+    assert (workdir / "fold_2" / "eval_results.json").exists()
+
+    bad = subprocess.run([*command, "--folds=5"], capture_output=True, text=True, env=env, timeout=120)
+    assert bad.returncode != 0 and "drop --folds" in bad.stderr

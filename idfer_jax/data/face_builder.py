@@ -344,8 +344,9 @@ class FaceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                     if self.is_root(candidate):
                         return candidate
                 looked.append(f"{path} (extracted to {extracted})")
+        wanted = ", ".join(self.ROOT_MARKERS) or f"the {self.FOLDER or self.name} folder"
         raise ManualDataError(
-            f"Cannot find the {self.name} data. Looked for {', '.join(self.ROOT_MARKERS)} in: "
+            f"Cannot find the {self.name} data. Looked for {wanted} in: "
             f"{'; '.join(looked)}.\n{self.MANUAL_DOWNLOAD_INSTRUCTIONS}"
         )
 

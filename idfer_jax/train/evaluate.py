@@ -136,8 +136,10 @@ def protocol_sentence(results: dict) -> str:
     else:
         kind = ("leave-one-subject-out" if protocol == "leave_one_subject_out"
                 else f"subject-independent {results['num_folds']}-fold")
-        what = (f"Dataset `{results['dataset']}`; {kind} split (`folds.json`), fold {results['fold']} "
-                "held out: no test subject was seen in training.")
+        held_out = ("each fold held out in turn" if results["fold"] == "each"
+                    else f"fold {results['fold']} held out")
+        what = (f"Dataset `{results['dataset']}`; {kind} split (`folds.json`), {held_out}: no test "
+                "subject was seen in training.")
     return what + " Evaluated at the last checkpoint (no model selection on the test fold)."
 
 

@@ -206,3 +206,17 @@ def test_real_data_counts_and_subject_disjoint_folds(tmp_path, name, builder, co
         assert len(split.train_indices) + len(split.test_indices) == images
     if name == "ckplus48":
         assert len(np.unique(ds.labels["sequence"])) == 327  # 3 frames of each labelled sequence
+
+
+def test_aligned_config_detects_every_jaffe_face(tmp_path):
+    pytest.importorskip("dlib", reason="alignment needs the [align] extra (dlib-bin)")
+    manual = _needs_shared("jaffe")
+    import tensorflow_datasets as tfds
+
+    data = config_defaults.data(name="jaffe", config="aligned_64px", image_size=64,
+                                data_dir=str(tmp_path / "tfds"), manual_dir=str(manual), protocol="loso")
+    ds = datasets.open_dataset(data)
+    assert len(ds.source) == 213
+    builder = tfds.builder("jaffe/aligned_64px", data_dir=str(tmp_path / "tfds"))
+    found = [bool(r["face_found"]) for r in builder.as_data_source("train")]
+    assert all(found)

@@ -335,14 +335,18 @@ class FaceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         for candidate in candidates:
             if self.is_root(candidate):
                 return candidate
-        looked = [str(c) for c in candidates]
+        # Archives and copies often add a folder or two on top (`KDEF_and_AKDEF/KDEF`, `<top>/data`).
+        found = self.search(manual)
+        if found is not None:
+            return found
+        looked = [f"{manual} and its subfolders (2 levels)"]
         for archive in self.ARCHIVES:
             path = manual / archive
             if path.exists():
                 extracted = epath.Path(dl_manager.extract(path))
-                for candidate in (extracted, extracted / self.FOLDER, *extracted.glob("*")):
-                    if self.is_root(candidate):
-                        return candidate
+                found = self.search(extracted)
+                if found is not None:
+                    return found
                 looked.append(f"{path} (extracted to {extracted})")
         wanted = ", ".join(self.ROOT_MARKERS) or f"the {self.FOLDER or self.name} folder"
         raise ManualDataError(
@@ -352,6 +356,18 @@ class FaceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def is_root(self, path: epath.Path) -> bool:
         return path.is_dir() and all((path / m).exists() for m in self.ROOT_MARKERS)
+
+    def search(self, place: epath.Path, depth: int = 2) -> epath.Path | None:
+        """`place` or its first subfolder, up to `depth` levels down, that `is_root`."""
+        if self.is_root(place):
+            return place
+        if depth > 0 and place.is_dir():
+            for child in sorted(place.iterdir()):
+                if child.is_dir() and not child.name.startswith((".", "__MACOSX")):
+                    found = self.search(child, depth - 1)
+                    if found is not None:
+                        return found
+        return None
 
 
 def image_files(folder: epath.Path) -> list[epath.Path]:

@@ -66,22 +66,6 @@ def bu3dfe_config(name: str) -> Bu3dfeConfig:
                         description=f"{base.description[:-1]}; {kept} + neutral.", intensities=intensities)
 
 
-def _search(place: epath.Path, depth: int = 2) -> epath.Path | None:
-    """The folder at or up to `depth` levels below `place` that holds subject folders."""
-    if not place.is_dir():
-        return None
-    children = [c for c in place.iterdir() if c.is_dir()]
-    if any(_SUBJECT.match(c.name) for c in children):
-        return place
-    if depth > 0:
-        for child in sorted(children):
-            if not child.name.startswith((".", "__MACOSX")):
-                found = _search(child, depth - 1)
-                if found is not None:
-                    return found
-    return None
-
-
 class Bu3dfe(fb.FaceBuilder):
     """BU-3DFE (Yin et al. 2006) frontal 2-D images: 100 subjects, 7 classes, intensity subsets as configs."""
 
@@ -117,19 +101,7 @@ class Bu3dfe(fb.FaceBuilder):
         super().__init__(config=config, **kwargs)
 
     def is_root(self, path: epath.Path) -> bool:
-        return _search(path, depth=0) is not None
-
-    def find_root(self, dl_manager) -> epath.Path:
-        try:
-            return super().find_root(dl_manager)
-        except fb.ManualDataError:
-            try:
-                found = _search(epath.Path(dl_manager.manual_dir))
-            except AssertionError:
-                found = None
-            if found is None:
-                raise
-            return found
+        return path.is_dir() and any(c.is_dir() and _SUBJECT.match(c.name) for c in path.iterdir())
 
     def list_examples(self, root: epath.Path, split: str):
         del split

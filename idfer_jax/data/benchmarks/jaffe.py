@@ -41,15 +41,6 @@ class Jaffe(fb.FaceBuilder):
     def is_root(self, path: epath.Path) -> bool:
         return path.is_dir() and any(_FILE.match(p.name) for p in path.iterdir())
 
-    def find_root(self, dl_manager):
-        try:
-            return super().find_root(dl_manager)
-        except fb.ManualDataError:
-            manual = epath.Path(dl_manager.manual_dir)
-            if self.is_root(manual / "jaffedbase"):
-                return manual / "jaffedbase"
-            raise
-
     def list_examples(self, root: epath.Path, split: str):
         del split
         for path in sorted(root.iterdir()):

@@ -60,20 +60,6 @@ def _is_data_parent(path: epath.Path) -> bool:
     return data.is_dir() and any(_SESSION.match(p.name) for p in data.iterdir() if p.is_dir())
 
 
-def _search(place: epath.Path, depth: int = 2) -> epath.Path | None:
-    if not place.is_dir():
-        return None
-    if _is_data_parent(place):
-        return place
-    if depth > 0:
-        for child in sorted(place.iterdir()):
-            if child.is_dir() and not child.name.startswith((".", "__MACOSX")):
-                found = _search(child, depth - 1)
-                if found is not None:
-                    return found
-    return None
-
-
 class MultiPie(fb.FaceBuilder):
     """CMU Multi-PIE (Gross et al. 2010): 13 yaw views, 4 expression classes, flash 07."""
 
@@ -100,18 +86,6 @@ class MultiPie(fb.FaceBuilder):
 
     def is_root(self, path: epath.Path) -> bool:
         return path.is_dir() and _is_data_parent(path)
-
-    def find_root(self, dl_manager) -> epath.Path:
-        try:
-            return super().find_root(dl_manager)
-        except fb.ManualDataError:
-            try:
-                found = _search(epath.Path(dl_manager.manual_dir))
-            except AssertionError:
-                found = None
-            if found is None:
-                raise
-            return found
 
     def list_examples(self, root: epath.Path, split: str):
         del split

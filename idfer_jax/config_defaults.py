@@ -22,7 +22,7 @@ def data(**overrides) -> ml_collections.ConfigDict:
     c.class_names = ()  # the run's classes, selected and ordered; () = the dataset's own
     c.class_map = ""  # 'from:to,...' renames/merges dataset classes before selection ('x:' drops x)
     c.protocol = "kfold"  # kfold | loso | official
-    c.num_folds = 5
+    c.num_folds = 10  # the standard for CK+, Oulu-CASIA, MMI; the synthetic configs use 5
     c.fold = 0
     c.split_seed = 0
     c.fold_file = ""  # replay the split of an earlier run's folds.json (matched by subject name)

@@ -55,7 +55,6 @@ def main(argv: list[str]) -> None:
     if not flags.FLAGS["verbosity"].present:
         # orbax and grain log every checkpoint step at INFO; the progress line is what users read.
         logging.set_verbosity(logging.WARNING)
-    from idfer_jax import api  # after flag parsing: importing JAX and TFDS takes seconds
 
     config, workdir = _CONFIG.value, _WORKDIR.value
     if _FOLDS.value is not None:
@@ -68,9 +67,24 @@ def main(argv: list[str]) -> None:
             )
         with config.unlocked():
             config.data.num_folds = _FOLDS.value
-    if commands[0] == "train":
+    # Imported after flag parsing: importing JAX and TFDS takes seconds.
+    from idfer_jax.data.errors import DataError
+    from idfer_jax.train.checkpoint import CheckpointMismatchError
+
+    try:
+        _run_command(commands[0], config, workdir)
+    except (DataError, CheckpointMismatchError) as e:
+        # The user's data or workdir, not a bug: the message says what to do, a traceback would bury it.
+        print(f"idfer: error: {e}", file=sys.stderr, flush=True)
+        sys.exit(1)
+
+
+def _run_command(command: str, config, workdir: str) -> None:
+    from idfer_jax import api
+
+    if command == "train":
         api.train(config, workdir)
-    elif commands[0] == "crossval":
+    elif command == "crossval":
         summary = api.crossval(config, workdir)
         acc = summary["mean_std"]["accuracy"]
         print(f"Accuracy {acc['mean']:.4f} +- {acc['std']:.4f} over {summary['num_folds']} folds; "

@@ -78,3 +78,16 @@ def test_crossval_cli_loso_resumes_fold_by_fold(tmp_path, compilation_cache):
 
     bad = subprocess.run([*command, "--folds=5"], capture_output=True, text=True, env=env, timeout=120)
     assert bad.returncode != 0 and "drop --folds" in bad.stderr
+
+
+def test_cli_reports_a_missing_manual_download_without_a_traceback(tmp_path, compilation_cache):
+    (tmp_path / "tfds").mkdir()
+    command = [sys.executable, "-m", "idfer_jax.main", "crossval",
+               f"--config={REPO / 'configs' / 'baseline_ckplus.py'}", f"--workdir={tmp_path / 'cv'}",
+               f"--config.data.data_dir={tmp_path / 'tfds'}"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                            env=subprocess_env(compilation_cache))
+    assert result.returncode == 1
+    assert "idfer: error: The manual download of ck_plus48 is missing" in result.stderr
+    assert "CK+48.zip" in result.stderr and "--config.data.manual_dir" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -359,15 +359,35 @@ class FaceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def search(self, place: epath.Path, depth: int = 2) -> epath.Path | None:
         """`place` or its first subfolder, up to `depth` levels down, that `is_root`."""
-        if self.is_root(place):
-            return place
-        if depth > 0 and place.is_dir():
-            for child in sorted(place.iterdir()):
-                if child.is_dir() and not child.name.startswith((".", "__MACOSX")):
-                    found = self.search(child, depth - 1)
-                    if found is not None:
-                        return found
+        return find_folder(place, self.is_root, depth)
+
+
+def find_folder(place: epath.Path, accept: Callable[[epath.Path], bool], depth: int = 2,
+                ) -> epath.Path | None:
+    """`place` or its first subfolder (sorted, depth first), up to `depth` levels down, that `accept`s.
+
+    Archives and copies of a dataset often add a top folder or two; hidden and `__MACOSX` folders are
+    skipped.
+    """
+    if not place.is_dir():
         return None
+    if accept(place):
+        return place
+    if depth > 0:
+        for child in sorted(place.iterdir()):
+            if child.is_dir() and not child.name.startswith((".", "__MACOSX")):
+                found = find_folder(child, accept, depth - 1)
+                if found is not None:
+                    return found
+    return None
+
+
+def find_child(place: epath.Path, name: str, depth: int = 2,
+               accept: Callable[[epath.Path], bool] | None = None) -> epath.Path | None:
+    """`place/name`, or `place/*/name`, ... up to `depth` levels down (the first that `accept`s, if given)."""
+    accept = accept or (lambda path: path.exists())
+    parent = find_folder(place, lambda p: accept(p / name), depth)
+    return None if parent is None else parent / name
 
 
 def image_files(folder: epath.Path) -> list[epath.Path]:

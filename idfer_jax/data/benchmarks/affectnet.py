@@ -52,21 +52,6 @@ _COLUMNS = ("subDirectory_filePath", "face_x", "face_y", "face_width", "face_hei
 _CODES = ("neutral", "happy", "sad", "surprise", "fear", "disgust", "anger", "contempt")
 
 
-def _search(place: epath.Path, name: str, depth: int = 2) -> epath.Path | None:
-    """`place/name`, or `place/*/name`... up to `depth` levels down (archives add a top folder)."""
-    if not place.is_dir():
-        return None
-    if (place / name).exists():
-        return place / name
-    if depth > 0:
-        for child in sorted(place.iterdir()):
-            if child.is_dir() and not child.name.startswith((".", "__MACOSX")):
-                found = _search(child, name, depth - 1)
-                if found is not None:
-                    return found
-    return None
-
-
 def load_face(path: epath.Path, box: tuple[float, float, float, float]):
     """The image at `path` cut to the (x, y, width, height) face box, clipped to the image."""
     image = fb.read_image(path)
@@ -120,18 +105,18 @@ class Affectnet(fb.FaceBuilder):
         """Where the parts are under `path`: images folder + CSVs, or the re-packaged sets; None if absent."""
         if not path.is_dir():
             return None
-        images = _search(path, IMAGES)
+        images = fb.find_child(path, IMAGES)
         if images is not None and images.is_dir():
             tables = {}
             for split, name in TABLES.items():
                 near = (images.parent / name, images.parent / LISTS / name)
-                found = next((p for p in near if p.exists()), None) or _search(path, name)
+                found = next((p for p in near if p.exists()), None) or fb.find_child(path, name)
                 if found is None:
                     break
                 tables[split] = found
             else:
                 return {"images": images, **tables}
-        sets = {s: _search(path, name, depth=1) for s, name in KAGGLE.items()}
+        sets = {s: fb.find_child(path, name, depth=1) for s, name in KAGGLE.items()}
         if all(p is not None and (p / "images").is_dir() and (p / "annotations").is_dir()
                for p in sets.values()):
             return {f"{s}_set": p for s, p in sets.items()}

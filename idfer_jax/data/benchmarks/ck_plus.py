@@ -44,21 +44,6 @@ _LABEL = re.compile(r"^(S\d+)_(\d+)_(\d+)_emotion\.txt$", re.IGNORECASE)
 PEAK_FRAMES = 3
 
 
-def _search(place: epath.Path, name: str, depth: int = 2) -> epath.Path | None:
-    """`place/name`, or `place/*/name`... up to `depth` levels down (archives add a top folder)."""
-    if not place.is_dir():
-        return None
-    if (place / name).is_dir():
-        return place / name
-    if depth > 0:
-        for child in sorted(place.iterdir()):
-            if child.is_dir() and not child.name.startswith((".", "__MACOSX")):
-                found = _search(child, name, depth - 1)
-                if found is not None:
-                    return found
-    return None
-
-
 def read_label(path: epath.Path) -> str:
     """The canonical expression of one `*_emotion.txt` file."""
     text = path.read_text().strip()
@@ -121,8 +106,11 @@ class CkPlus(fb.FaceBuilder):
             for archive in self.ARCHIVES:
                 if (manual / archive).exists():
                     places.append(epath.Path(dl_manager.extract(manual / archive)))
-            images = next((p for p in (_search(q, IMAGES) for q in places) if p is not None), None)
-            labels = next((p for p in (_search(q, LABELS) for q in places) if p is not None), None)
+            def first(name):
+                found = (fb.find_child(q, name, accept=lambda p: p.is_dir()) for q in places)
+                return next((p for p in found if p is not None), None)
+
+            images, labels = first(IMAGES), first(LABELS)
             if images is None or labels is None:
                 missing = " and ".join(
                     f"{name}/ (from {archive})"

@@ -37,21 +37,6 @@ def _expression_folder(path: epath.Path) -> bool:
     return path.is_dir() and any((path / e).is_dir() for e in _EXPRESSIONS)
 
 
-def _search(place: epath.Path, name: str, depth: int = 1) -> epath.Path | None:
-    """`place/name` holding expression folders, or `place/*/name`... up to `depth` levels down."""
-    if not place.is_dir():
-        return None
-    if _expression_folder(place / name):
-        return place / name
-    if depth > 0:
-        for child in sorted(place.iterdir()):
-            if child.is_dir() and not child.name.startswith((".", "__MACOSX")):
-                found = _search(child, name, depth - 1)
-                if found is not None:
-                    return found
-    return None
-
-
 class Sfew(fb.FaceBuilder):
     """SFEW 2.0 (Dhall et al.): movie frames, 7 classes; Train -> train, Val -> test."""
 
@@ -81,7 +66,7 @@ class Sfew(fb.FaceBuilder):
     def folders(self, root: epath.Path) -> tuple[epath.Path, epath.Path] | None:
         """The (train, test) folders: the aligned faces when both are there, else the raw frames."""
         for names in LAYOUTS:
-            found = tuple(_search(root, n) for n in names)
+            found = tuple(fb.find_child(root, n, depth=1, accept=_expression_folder) for n in names)
             if all(f is not None for f in found):
                 return found
         return None

@@ -244,15 +244,19 @@ class MappedSource:
 
 
 def _test_config(data_config):
-    """The data config of a cross-dataset test set, or None."""
+    """The data config of a cross-dataset test set, or None.
+
+    `test.name` names the dataset and `test.manual_dir` its raw download; `test.config` defaults to the
+    training set's (the same `<size>px` config gives the same image size); everything else is shared.
+    """
     test = data_config.get("test")
     if not test or not test.get("name"):
         return None
     merged = data_config.copy_and_resolve_references()
     with merged.unlocked():
-        for k in ("name", "config", "manual_dir", "data_dir"):
-            if k in test and (test[k] or k in ("name", "config")):
-                merged[k] = test[k]
+        merged.name = test.name
+        merged.manual_dir = test.get("manual_dir") or ""
+        merged.config = test.get("config") or data_config.config
         merged.test = None
     return merged
 

@@ -14,20 +14,10 @@ Identity probes split each held-out subject's images by sequence (the 3 frames o
 from idfer_jax import config_defaults as defaults
 from idfer_jax.methods import baseline
 
-CLASSES = ("anger", "contempt", "disgust", "fear", "happiness", "sadness", "surprise")
-
 
 def get_config(arg: str | None = None):
     if arg:
         raise ValueError(f"Unknown config argument {arg!r}; this config takes none.")
-    return defaults.run(
-        "baseline",
-        model=baseline.model_config(backbone="resnet_small", dropout=0.2),
-        data_config=defaults.data(
-            name="ck_plus48", config="48px", image_size=48, class_names=CLASSES,
-            protocol="kfold", num_folds=10, crop_padding=3,
-        ),
-        optimizer=defaults.optimizer(learning_rate=2e-3, warmup_steps=50),
-        train=defaults.train(batch_size=32, num_steps=1200, log_every=100, checkpoint_every=400),
-        eval=defaults.evaluation(batch_size=64),
+    return defaults.benchmark_run(
+        "baseline", baseline.model_config(backbone="resnet_small", dropout=0.2), "ckplus"
     )

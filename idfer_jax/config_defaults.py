@@ -83,3 +83,52 @@ def run(method: str, model: ml_collections.ConfigDict, data_config: ml_collectio
     if blocks:
         raise ValueError(f"Unknown config blocks {sorted(blocks)}.")
     return c
+
+
+# --- whole runs, shared by every recipe's config files ------------------------------------------
+
+CKPLUS_CLASSES = ("anger", "contempt", "disgust", "fear", "happiness", "sadness", "surprise")
+JAFFE_CLASSES = ("neutral", "anger", "disgust", "fear", "happiness", "sadness", "surprise")
+
+
+def synthetic_run(method: str, model: ml_collections.ConfigDict, arg: str | None):
+    """A run on the embedded synthetic faces: 64 px, 5 subject-independent folds; `arg='smoke'` is a
+    tiny near-frontal 48 px run with a tiny ResNet (about a minute on a CPU, for tests and first contact)."""
+    from idfer_jax.data.synthetic_faces import EXPRESSIONS
+
+    c = run(method, model=model,
+            data_config=data(name="synthetic_faces", config="64px", image_size=64,
+                             class_names=EXPRESSIONS, num_folds=5))
+    if arg == "smoke":
+        c.data.config = "smoke"
+        c.data.image_size = 48
+        c.data.num_folds = 4
+        c.data.crop_padding = 2
+        c.model.backbone = "resnet_tiny"
+        c.optimizer.warmup_steps = 10
+        c.train.update(batch_size=32, num_steps=800, log_every=100, checkpoint_every=200)
+        c.eval.batch_size = 64
+    elif arg:
+        raise ValueError(f"Unknown config argument {arg!r}; use '' or 'smoke'.")
+    return c
+
+
+def benchmark_run(method: str, model: ml_collections.ConfigDict, benchmark: str):
+    """A run on a real benchmark with its standard protocol: 'ckplus' (CK+48, 7 classes, 10-fold) or
+    'jaffe' (7 classes with neutral, leave-one-subject-out). Both read `--config.data.manual_dir`."""
+    if benchmark == "ckplus":
+        data_config = data(name="ck_plus48", config="48px", image_size=48, class_names=CKPLUS_CLASSES,
+                           protocol="kfold", num_folds=10, crop_padding=3)
+        steps = 1200
+    elif benchmark == "jaffe":
+        data_config = data(name="jaffe", config="64px", image_size=64, class_names=JAFFE_CLASSES,
+                           protocol="loso", crop_padding=4)
+        steps = 800
+    else:
+        raise ValueError(f"Unknown benchmark {benchmark!r}; use 'ckplus' or 'jaffe'.")
+    return run(
+        method, model=model, data_config=data_config,
+        optimizer=optimizer(learning_rate=2e-3, warmup_steps=50),
+        train=train(batch_size=32, num_steps=steps, log_every=100, checkpoint_every=400),
+        eval=evaluation(batch_size=64),
+    )

@@ -10,6 +10,8 @@ from idfer_jax.train.interface import Method
 
 METHODS = {
     "baseline": "idfer_jax.methods.baseline",
+    "idennet": "idfer_jax.methods.idennet",
+    "phanet": "idfer_jax.methods.phanet",
 }
 
 

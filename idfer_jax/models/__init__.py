@@ -1,5 +1,7 @@
-"""Flax linen modules: backbones and heads. Knows nothing of losses or training."""
+"""Flax linen modules: backbones, heads, fusion and attention. Knows nothing of losses or training."""
 
+from idfer_jax.models.attention import ScaleAttention, SpatialAttentionPool
+from idfer_jax.models.fusion import FUSION_OPS, SpatialFusion
 from idfer_jax.models.heads import ClassifierHead
 from idfer_jax.models.resnet import (
     BLOCKS,
@@ -15,6 +17,7 @@ from idfer_jax.models.resnet import (
 
 __all__ = [
     "BLOCKS",
+    "FUSION_OPS",
     "NORMS",
     "PRESETS",
     "STEMS",
@@ -22,6 +25,9 @@ __all__ = [
     "BottleneckBlock",
     "ClassifierHead",
     "ResNet",
+    "ScaleAttention",
+    "SpatialAttentionPool",
+    "SpatialFusion",
     "build_backbone",
     "resnet_config",
 ]

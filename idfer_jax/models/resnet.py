@@ -190,6 +190,11 @@ class ResNet(nn.Module):
       dtype: computation dtype; parameters stay float32 and the pooled output is float32.
       bn_momentum: BatchNorm running-average momentum.
       in_channels: expected input channels, checked with a clear error; None accepts any.
+      start_stage, end_stage: run only stages ``start_stage .. end_stage - 1`` (0-based; end None
+        = the last). With ``start_stage > 0`` there is no stem and the input is the map an earlier
+        stage produced, so a network can be cut at a stage and something inserted there (IDEnNet
+        fuses two streams at a stage, then runs the remaining stages on the fused map). Stage and
+        block names keep their full-network numbering.
     """
 
     stage_sizes: Sequence[int]
@@ -201,6 +206,8 @@ class ResNet(nn.Module):
     dtype: Any = jnp.float32
     bn_momentum: float = 0.9
     in_channels: int | None = 3
+    start_stage: int = 0
+    end_stage: int | None = None
 
     @property
     def out_features(self) -> int:
@@ -218,6 +225,12 @@ class ResNet(nn.Module):
             raise ValueError(
                 f"stage_sizes {tuple(self.stage_sizes)} and widths {tuple(self.widths)} must be "
                 "non-empty and of equal length (one width per stage)."
+            )
+        end = len(self.widths) if self.end_stage is None else self.end_stage
+        if not 0 <= self.start_stage < end <= len(self.widths):
+            raise ValueError(
+                f"start_stage={self.start_stage}, end_stage={self.end_stage} do not select a "
+                f"non-empty range of the {len(self.widths)} stages."
             )
 
     def _check_input(self, x: jnp.ndarray) -> None:
@@ -247,12 +260,15 @@ class ResNet(nn.Module):
           return_stages: also return the output map of every stage.
 
         Returns:
-          The pooled features, float32 of shape (N, widths[-1] * expansion); with
-          ``return_stages=True``, ``(pooled, [stage_1_map, ..., stage_k_map])`` where the maps are
+          The pooled features of the last stage run, float32 of shape (N, width * expansion); with
+          ``return_stages=True``, ``(pooled, [map of each stage run])`` where the maps are
           NHWC in the computation dtype, each stage after the first halving the spatial size.
         """
         self._validate()
-        self._check_input(x)
+        if self.start_stage == 0:
+            self._check_input(x)
+        else:
+            chex.assert_rank(x, 4)
         use_norm = self.norm != "none"
         conv = functools.partial(
             nn.Conv,
@@ -267,17 +283,22 @@ class ResNet(nn.Module):
 
         x = x.astype(self.dtype)
         stem_width = self.stem_width or self.widths[0]
-        if self.stem == "imagenet":
-            x = conv(stem_width, (7, 7), strides=2, padding=((3, 3), (3, 3)), name="stem_conv")(x)
-            x = nn.relu(norm(x, name="stem_norm"))
-            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
-        else:
-            x = conv(stem_width, (3, 3), name="stem_conv")(x)
-            x = nn.relu(norm(x, name="stem_norm"))
+        if self.start_stage == 0:  # a later start continues from a stage's map: no stem
+            if self.stem == "imagenet":
+                x = conv(stem_width, (7, 7), strides=2, padding=((3, 3), (3, 3)),
+                         name="stem_conv")(x)
+                x = nn.relu(norm(x, name="stem_norm"))
+                x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+            else:
+                x = conv(stem_width, (3, 3), name="stem_conv")(x)
+                x = nn.relu(norm(x, name="stem_norm"))
 
         block_cls = _BLOCK_CLASSES[self.block]
         stage_maps = []
+        end = len(self.widths) if self.end_stage is None else self.end_stage
         for i, (num_blocks, width) in enumerate(zip(self.stage_sizes, self.widths, strict=True)):
+            if not self.start_stage <= i < end:
+                continue
             for j in range(num_blocks):
                 x = block_cls(
                     features=width,

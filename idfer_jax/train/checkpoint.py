@@ -50,8 +50,16 @@ def _lookup(config: dict, dotted: str) -> Any:
         if not isinstance(value, dict) or part not in value:
             return None
         value = value[part]
-    # The saved config went through JSON, which turns tuples into lists.
-    return list(value) if isinstance(value, tuple) else value
+    return _as_json(value)
+
+
+def _as_json(value: Any) -> Any:
+    """The saved config went through JSON, which turns tuples into lists, at any depth."""
+    if isinstance(value, dict):
+        return {k: _as_json(v) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return [_as_json(v) for v in value]
+    return value
 
 
 def check_compatible(saved: dict, current: dict, keys: Sequence[str] = IDENTITY_KEYS) -> None:

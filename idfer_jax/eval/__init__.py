@@ -10,7 +10,7 @@ from idfer_jax.eval.metrics import (
     mean_and_std,
     r2_score,
 )
-from idfer_jax.eval.plots import plot_confusion_matrix, plot_leakage_bars
+from idfer_jax.eval.plots import plot_attention_maps, plot_confusion_matrix, plot_leakage_bars
 from idfer_jax.eval.probes import (
     RidgeFit,
     fit_ridge,
@@ -43,6 +43,7 @@ __all__ = [
     "masked_accuracy",
     "mean_and_std",
     "mlp_probe_accuracy",
+    "plot_attention_maps",
     "plot_confusion_matrix",
     "plot_leakage_bars",
     "pose_leakage",

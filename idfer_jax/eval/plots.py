@@ -15,7 +15,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-__all__ = ["plot_confusion_matrix", "plot_leakage_bars"]
+__all__ = ["plot_attention_maps", "plot_confusion_matrix", "plot_leakage_bars"]
 
 
 def _save(fig: Figure, path: str | os.PathLike) -> Path:
@@ -127,4 +127,51 @@ def plot_leakage_bars(
     ax.set_ylabel("probe accuracy on held-out images")
     ax.set_title(title)
     ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_attention_maps(
+    images: np.ndarray,
+    maps: Sequence[np.ndarray],
+    path: str | os.PathLike,
+    *,
+    scale_weights: np.ndarray | None = None,
+    labels: Sequence[str] | None = None,
+    title: str | None = None,
+) -> Path:
+    """Write a grid of faces (rows) with each scale's attention map overlaid (columns) as PNG.
+
+    Args:
+      images: ``(N, H, W, C)`` float images in [-1, 1] (C = 1 or 3).
+      maps: one ``(N, h, w)`` array per scale, values in [0, 1]; each is stretched to ``(H, W)``
+        with nearest-neighbour blocks, so a coarse scale shows its real resolution.
+      scale_weights: optional ``(N, S)`` weights, printed over each scale's column.
+      labels: optional text per row (e.g. true / predicted expression).
+    """
+    images = np.clip((np.asarray(images, np.float32) + 1.0) / 2.0, 0.0, 1.0)
+    if images.shape[-1] == 1:
+        images = np.repeat(images, 3, axis=-1)
+    n, h, w = images.shape[:3]
+    cols = 1 + len(maps)
+    fig = Figure(figsize=(1.6 * cols, 1.6 * n + (0.4 if title else 0.0)))
+    axes = fig.subplots(n, cols, squeeze=False)
+    for i in range(n):
+        axes[i, 0].imshow(images[i])
+        if labels is not None:
+            axes[i, 0].set_ylabel(labels[i], fontsize=7)
+        for s, scale_map in enumerate(maps):
+            ax = axes[i, 1 + s]
+            ax.imshow(images[i])
+            ax.imshow(np.asarray(scale_map[i], np.float32), cmap="jet", alpha=0.5, vmin=0.0,
+                      vmax=1.0, extent=(-0.5, w - 0.5, h - 0.5, -0.5), interpolation="nearest")
+            if scale_weights is not None:
+                ax.set_title(f"scale {s + 1}, w={float(scale_weights[i, s]):.2f}", fontsize=7)
+            elif i == 0:
+                ax.set_title(f"scale {s + 1}", fontsize=8)
+        for ax in axes[i]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    axes[0, 0].set_title("face", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
     return _save(fig, path)

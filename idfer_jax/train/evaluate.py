@@ -7,6 +7,8 @@ Uses the last checkpoint (never a checkpoint picked on the test fold). Writes:
   subjects' images, split by image within those subjects, beside chance (lower is better);
 - pose leakage: R^2 of yaw and pitch from the same features with ridge regression (lower is better);
 - accuracy per |yaw| band where the data has yaw;
+- `attention_maps.png` where the method's outputs carry attention maps (`outputs['attention']`, one
+  (N, h, w) map per scale): one held-out face per class with each scale's map overlaid;
 - `eval_results.json` with every number, and `report.md` for people.
 """
 
@@ -123,8 +125,32 @@ def evaluate(config, workdir: str, build_method: BuildMethod, devices=None) -> d
         results["accuracy_by_abs_yaw"] = bands
 
     if jax.process_index() == 0:
+        if write_attention_figure(trainer, variables, workdir, spec.class_names):
+            results["attention_figure"] = "attention_maps.png"
         write_outputs(workdir, results)
     return results
+
+
+def write_attention_figure(trainer: Trainer, variables: dict, workdir: str, class_names) -> bool:
+    """Overlays the method's attention maps on one held-out face per class; False if it has none."""
+    test = trainer.dataset.test_indices
+    expressions = trainer.dataset.labels["expression"][test]
+    picked = [test[np.argmax(expressions == k)] for k in range(len(class_names)) if (expressions == k).any()]
+    batch = next(pipeline.eval_batches(trainer.dataset, np.asarray(picked[:8]),
+                                       global_batch_size=len(picked[:8])))
+    outputs = jax.device_get(jax.jit(trainer.method.apply)(variables, batch["image"]))
+    if "attention" not in outputs:
+        return False
+    predicted = np.asarray(outputs["logits"]).argmax(-1)
+    labels = [f"{class_names[t]} -> {class_names[p]}"
+              for t, p in zip(batch["expression"], predicted, strict=True)]
+    E.plot_attention_maps(
+        batch["image"], [np.asarray(a) for a in outputs["attention"]],
+        os.path.join(workdir, "attention_maps.png"),
+        scale_weights=outputs.get("scale_weights"), labels=labels,
+        title="Attention per scale on held-out faces (true -> predicted)",
+    )
+    return True
 
 
 def protocol_sentence(results: dict) -> str:
@@ -172,6 +198,10 @@ def write_outputs(workdir: str, results: dict) -> None:
         ("Leakage of identity and pose into the expression features",
          E.format_leakage(results["identity_leakage"], results["pose_leakage"])),
     ]
+    if results.get("attention_figure"):
+        sections.append(("Attention maps", "One held-out face per class; each scale's spatial "
+                         "attention overlaid, with the scale weight the model gave it.\n\n"
+                         "![attention maps](attention_maps.png)"))
     if results.get("accuracy_by_abs_yaw"):
         rows = [{"|yaw| band (deg)": k, "accuracy": v}
                 for k, v in results["accuracy_by_abs_yaw"].items()]

@@ -1,0 +1,281 @@
+"""IDEnNet and PhaNet: every switch builds and trains a step, identity labels stay inside the training
+fold, flips mirror the pose label, learned loss weights escape weight decay, 8 devices match 1, and a
+short run learns."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from idfer_jax import api, methods
+from idfer_jax.data import pipeline
+from idfer_jax.losses import WEIGHTING_PARAM_KEY
+from idfer_jax.methods import common
+from idfer_jax.train import checkpoint as ckpt_lib
+from idfer_jax.train.interface import owned
+from idfer_jax.train.trainer import init_state, make_train_step
+from tests.conftest import REPO, subprocess_env
+
+IDENNET_SMOKE = str(REPO / "configs" / "idennet_synthetic.py") + ":smoke"
+PHANET_SMOKE = str(REPO / "configs" / "phanet_synthetic.py") + ":smoke"
+CLASSES = ("neutral", "anger", "disgust", "fear", "happiness", "sadness", "surprise")
+TRAIN_SUBJECTS = (3, 5, 8, 9)
+
+
+def fake_spec(pose_keys=("yaw",)) -> pipeline.DataSpec:
+    return pipeline.DataSpec(image_shape=(32, 32, 3), class_names=CLASSES,
+                             train_subjects=TRAIN_SUBJECTS, pose_keys=pose_keys, has_neutral=False)
+
+
+def fake_batch(n: int = 8, subjects=None, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    subjects = np.resize(np.asarray(subjects if subjects is not None else TRAIN_SUBJECTS), n)
+    return {
+        "image": jnp.asarray(rng.uniform(-1, 1, (n, 32, 32, 3)), jnp.float32),
+        "expression": jnp.asarray(rng.integers(0, len(CLASSES), n), jnp.int32),
+        "subject": jnp.asarray(subjects, jnp.int32),
+        "yaw": jnp.asarray(rng.uniform(-60, 60, n), jnp.float32),
+    }
+
+
+def tiny_config(spec_path: str, **model):
+    config = api.load_config(spec_path)
+    config.model.backbone = "resnet_tiny"
+    config.model.update(model)
+    config.optimizer.warmup_steps = 0  # warm-up starts at learning rate 0: step 1 would change nothing
+    return config
+
+
+def one_step(config, spec=None):
+    method = methods.build(config, spec or fake_spec())
+    batch = fake_batch()
+    state = init_state(method, jax.random.PRNGKey(0), batch)
+    new_state, metrics = jax.jit(make_train_step(method))(state, batch)
+    return method, state, new_state, jax.device_get(metrics)
+
+
+def changed(before, after) -> bool:
+    return any(not np.array_equal(a, b) for a, b in
+               zip(jax.tree.leaves(before), jax.tree.leaves(after), strict=True))
+
+
+@pytest.mark.parametrize("fusion, weighting, stage", [
+    ("sum", "constant", -1), ("max", "constant", -1), ("concat", "constant", -1),
+    ("conv", "constant", -1), ("conv", "loss_ratio", -1), ("conv", "uncertainty", -1),
+    ("concat", "uncertainty", 0),
+])
+def test_idennet_every_fusion_op_and_weighting_trains_a_step(fusion, weighting, stage):
+    config = tiny_config(IDENNET_SMOKE, fusion=fusion, weighting=weighting, fusion_stage=stage)
+    _, state, new_state, metrics = one_step(config)
+    assert np.isfinite(metrics["loss"])
+    assert metrics["loss/identity"] > 0 and metrics["loss/expression"] > 0
+    for group in ("expression_stream", "identity_stream", "expression_head", "identity_head"):
+        assert changed(state.params[group], new_state.params[group]), group
+    if weighting == "uncertainty":
+        assert changed(state.params[WEIGHTING_PARAM_KEY], new_state.params[WEIGHTING_PARAM_KEY])
+    if weighting == "loss_ratio":
+        ratio = metrics["loss/expression"] / (metrics["loss/expression"] + metrics["loss/identity"])
+        assert metrics["weight/identity"] == pytest.approx(ratio, rel=1e-5)
+    # Fusing before the last stage leaves stages for the expression stream's top on the fused map.
+    assert ("expression_stream_top" in state.params) == (stage != -1)
+
+
+@pytest.mark.parametrize("weighting, pose", [
+    ("uncertainty", "bins"), ("constrained", "bins"), ("uncertainty", "regression"),
+    ("constrained", "none"),
+])
+def test_phanet_every_weighting_and_pose_head_trains_a_step(weighting, pose):
+    config = tiny_config(PHANET_SMOKE, weighting=weighting, pose=pose)
+    method, state, new_state, metrics = one_step(config)
+    assert np.isfinite(metrics["loss"])
+    assert ("loss/pose" in metrics) == (pose != "none")
+    for s in (1, 2, 3):
+        assert metrics[f"loss/attention{s}"] > 0
+    assert changed(state.params, new_state.params)
+    assert changed(state.params[WEIGHTING_PARAM_KEY], new_state.params[WEIGHTING_PARAM_KEY])
+    if weighting == "constrained":
+        assert min(v for k, v in metrics.items() if k.startswith("weight/")) >= 0.1 - 1e-6
+    out = method.apply(new_state.variables(), fake_batch()["image"])
+    assert len(out["attention"]) == 3 and out["scale_weights"].shape == (8, 3)
+    np.testing.assert_allclose(np.asarray(out["scale_weights"]).sum(-1), 1.0, rtol=1e-5)
+    for att in out["attention"]:
+        assert att.shape[0] == 8 and att.ndim == 3 and float(att.min()) >= 0 and float(att.max()) <= 1
+
+
+def test_phanet_without_yaw_labels_turns_the_pose_term_off(capsys):
+    config = tiny_config(PHANET_SMOKE)
+    _, state, _, metrics = one_step(config, fake_spec(pose_keys=()))
+    assert "loss/pose" not in metrics and "pose" not in state.params[WEIGHTING_PARAM_KEY]
+    assert "no yaw labels, so the pose term is off" in capsys.readouterr().out
+
+
+def test_unknown_recipe_switches_are_errors_that_name_the_choices():
+    with pytest.raises(ValueError, match="sum, max, concat, conv"):
+        methods.build(tiny_config(IDENNET_SMOKE, fusion="add"), fake_spec())
+    with pytest.raises(ValueError, match="constant, loss_ratio, uncertainty"):
+        methods.build(tiny_config(IDENNET_SMOKE, weighting="gradnorm"), fake_spec())
+    with pytest.raises(ValueError, match="fusion_stage=5"):
+        methods.build(tiny_config(IDENNET_SMOKE, fusion_stage=5), fake_spec())
+    with pytest.raises(ValueError, match="uncertainty, constrained"):
+        methods.build(tiny_config(PHANET_SMOKE, weighting="constant"), fake_spec())
+    with pytest.raises(ValueError, match="ascending positive"):
+        methods.build(tiny_config(PHANET_SMOKE, yaw_bin_edges=(40.0, 20.0)), fake_spec())
+
+
+def test_identity_labels_index_the_training_subjects_of_the_fold_only():
+    index, mask = common.train_subject_labels(TRAIN_SUBJECTS, jnp.asarray([9, 3, 4, 5, -1, 100, 8]))
+    np.testing.assert_array_equal(mask, [1, 1, 0, 1, 0, 0, 1])
+    np.testing.assert_array_equal(np.asarray(index)[np.asarray(mask) > 0], [3, 0, 1, 2])
+
+
+def test_idennet_identity_head_never_sees_a_test_fold_subject(smoke_config):
+    config = smoke_config
+    config.method = "idennet"
+    config.model = api.load_config(IDENNET_SMOKE).model
+    dataset = pipeline.open_dataset(config.data)
+    train_subjects = set(dataset.spec.train_subjects)
+    test_subjects = set(np.unique(dataset.labels["subject"][dataset.test_indices]).tolist())
+    assert test_subjects and not train_subjects & test_subjects
+    assert train_subjects == set(np.unique(dataset.labels["subject"][dataset.train_indices]).tolist())
+
+    method = methods.build(config, dataset.spec)
+    h, w, c = dataset.spec.image_shape
+    batch = {"image": jnp.zeros((4, h, w, c)), "expression": jnp.zeros(4, jnp.int32),
+             "subject": jnp.asarray(sorted(test_subjects)[:4], jnp.int32)}
+    variables = method.init(jax.random.PRNGKey(0), batch)
+    out = method.apply(variables, batch["image"])
+    assert out["identity_logits"].shape == (4, len(train_subjects))  # no class for a test subject
+
+    # A batch of held-out subjects only: the identity loss is 0 and teaches the identity head nothing.
+    params = variables.pop("params")
+    player = method.players[0]
+
+    def loss(p):
+        return player.loss_fn(p, variables, batch, jax.random.PRNGKey(1), 0)
+
+    grads, (_, metrics) = jax.grad(loss, has_aux=True)(params)
+    assert float(metrics["loss/identity"]) == 0.0
+    assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(grads["identity_head"]))
+
+
+def test_a_flipped_image_gets_a_negated_yaw_and_the_mirrored_bin():
+    edges = (20.0, 40.0)
+    yaws = jnp.asarray([-60, -40, -30, -20, -5, 0, 5, 20, 30, 40, 60], jnp.float32)
+    bins = np.asarray(common.yaw_bin_labels(yaws, edges))
+    np.testing.assert_array_equal(bins, [0, 0, 1, 1, 2, 2, 2, 3, 3, 4, 4])
+    mirrored = np.asarray(common.yaw_bin_labels(-yaws, edges))
+    np.testing.assert_array_equal(mirrored, common.num_yaw_bins(edges) - 1 - bins)
+
+    image = np.random.default_rng(0).uniform(-1, 1, (8, 8, 3)).astype(np.float32)
+    augment = pipeline.Augment(crop_padding=0, flip=True)
+    seen = set()
+    for seed in range(20):
+        out = augment.random_map({"image": image, "yaw": np.float32(30.0)}, np.random.default_rng(seed))
+        flipped = np.array_equal(out["image"], image[:, ::-1])
+        assert out["yaw"] == (-30.0 if flipped else 30.0)
+        assert int(common.yaw_bin_labels(jnp.asarray(out["yaw"]), edges)) == (1 if flipped else 3)
+        seen.add(flipped)
+    assert seen == {True, False}
+
+
+@pytest.mark.parametrize("spec_path, weighting", [(IDENNET_SMOKE, "uncertainty"),
+                                                  (PHANET_SMOKE, "uncertainty"),
+                                                  (PHANET_SMOKE, "constrained")])
+def test_learned_loss_weights_get_no_weight_decay(spec_path, weighting):
+    config = tiny_config(spec_path, weighting=weighting)
+    config.optimizer.weight_decay = 0.5
+    method = methods.build(config, fake_spec())
+    state = init_state(method, jax.random.PRNGKey(0), fake_batch())
+    player = method.players[0]
+    params = owned(state.params, player)
+    # Move the log-variances off 0 (decay of 0 is 0 either way) and apply zero gradients: only
+    # weight decay can change anything.
+    params[WEIGHTING_PARAM_KEY] = {k: jnp.asarray(0.7) for k in params[WEIGHTING_PARAM_KEY]}
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    opt_state = player.optimizer.init(params)
+    for _ in range(3):
+        updates, opt_state = player.optimizer.update(zeros, opt_state, params)
+        new = jax.tree.map(lambda p, u: p + u, params, updates)
+    for k, v in new[WEIGHTING_PARAM_KEY].items():
+        assert float(v) == pytest.approx(0.7), k
+    kernels = [x for x in jax.tree.leaves({k: v for k, v in params.items() if k != WEIGHTING_PARAM_KEY})
+               if x.ndim > 1]
+    new_kernels = [x for x in jax.tree.leaves({k: v for k, v in new.items() if k != WEIGHTING_PARAM_KEY})
+                   if x.ndim > 1]
+    assert any(not np.allclose(a, b) for a, b in zip(kernels, new_kernels, strict=True))
+
+
+def test_resume_accepts_a_config_with_tuples_inside_the_model_block():
+    saved = json.loads(json.dumps({"model": {"yaw_bin_edges": (20.0, 40.0)}, "method": "phanet"}))
+    ckpt_lib.check_compatible(saved, {"model": {"yaw_bin_edges": (20.0, 40.0)}, "method": "phanet"})
+    with pytest.raises(ckpt_lib.CheckpointMismatchError, match="yaw_bin_edges"):
+        ckpt_lib.check_compatible(saved, {"model": {"yaw_bin_edges": (15.0, 40.0)}, "method": "phanet"})
+
+
+MULTI_DEVICE_SCRIPT = r"""
+import json, os, sys
+import jax
+import numpy as np
+assert len(jax.devices()) == 8, jax.devices()
+from idfer_jax import api
+out = {}
+for spec in sys.argv[3:]:
+    config = api.load_config(spec)
+    config.data.data_dir = sys.argv[1]
+    config.train.update(num_steps=4, checkpoint_every=4, log_every=2)
+    # SGD: Adam would blow the 1e-7 noise of a reordered cross-device sum up to a step (see
+    # test_training's multi-device test).
+    config.optimizer.update(name="sgd", learning_rate=0.05, warmup_steps=0)
+    name = config.method
+    on8 = api.train(config, os.path.join(sys.argv[2], name + "8"))
+    on1 = api.train(config, os.path.join(sys.argv[2], name + "1"), devices=jax.devices()[:1])
+    diff = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))),
+                        jax.device_get(on8.state.params), jax.device_get(on1.state.params))
+    stats = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))),
+                         jax.device_get(on8.state.model_state), jax.device_get(on1.state.model_state))
+    out[name] = {"params": max(jax.tree.leaves(diff)), "batch_stats": max(jax.tree.leaves(stats)),
+                 "loss8": on8.last_metrics["loss"], "loss1": on1.last_metrics["loss"]}
+json.dump(out, open(os.path.join(sys.argv[2], "result.json"), "w"))
+"""
+
+
+@pytest.mark.slow
+def test_recipe_steps_on_eight_devices_match_one(smoke_data_dir, compilation_cache, tmp_path):
+    env = subprocess_env(compilation_cache, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    proc = subprocess.run(
+        [sys.executable, "-c", MULTI_DEVICE_SCRIPT, smoke_data_dir, str(tmp_path),
+         IDENNET_SMOKE, PHANET_SMOKE],
+        capture_output=True, text=True, env=env, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.load(open(tmp_path / "result.json"))
+    assert set(result) == {"idennet", "phanet"}
+    for name, r in result.items():
+        assert r["params"] < 1e-5 and r["batch_stats"] < 1e-5, (name, r)
+        assert r["loss8"] == pytest.approx(r["loss1"], abs=1e-5), (name, r)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spec_path", [IDENNET_SMOKE, PHANET_SMOKE])
+def test_recipe_learns_in_a_short_run(spec_path, smoke_data_dir, tmp_path):
+    config = api.load_config(spec_path)
+    config.data.data_dir = smoke_data_dir
+    config.train.update(num_steps=400, log_every=50, checkpoint_every=400)
+    trained = api.train(config, str(tmp_path))
+    assert trained.last_metrics["loss/expression"] < 0.8 * trained.first_metrics["loss/expression"]
+    results = api.evaluate(config, str(tmp_path))
+    chance = 1 / len(results["class_names"])
+    assert results["accuracy"] > 1.6 * chance, results["accuracy"]
+    if config.method == "idennet":
+        # The identity head learns the training subjects (24 * 3 / 4 = 18 in the smoke fold).
+        assert trained.last_metrics["identity_accuracy"] > 3 / 18, trained.last_metrics
+    else:
+        assert results["attention_figure"] == "attention_maps.png"
+        assert open(tmp_path / "attention_maps.png", "rb").read(4) == b"\x89PNG"
+        assert "attention_maps.png" in open(tmp_path / "report.md").read()

@@ -4,6 +4,7 @@ short run learns."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -279,3 +280,13 @@ def test_recipe_learns_in_a_short_run(spec_path, smoke_data_dir, tmp_path):
         assert results["attention_figure"] == "attention_maps.png"
         assert open(tmp_path / "attention_maps.png", "rb").read(4) == b"\x89PNG"
         assert "attention_maps.png" in open(tmp_path / "report.md").read()
+
+
+@pytest.mark.parametrize("path", sorted(p.name for p in (REPO / "configs").glob("*.py")))
+def test_every_config_file_loads_and_builds_its_recipe(path):
+    config = api.load_config(str(REPO / "configs" / path))
+    spec = fake_spec(pose_keys=("yaw",) if config.data.name == "synthetic_faces" else ())
+    spec = dataclasses.replace(spec, image_shape=(config.data.image_size, config.data.image_size, 3))
+    method = methods.build(config, spec)
+    assert method.name == config.method
+    assert config.optimizer.weight_decay > 0  # so the no-decay rule for loss weights matters

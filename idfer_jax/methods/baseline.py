@@ -7,15 +7,14 @@ output, before the classifier) are what the identity and pose leakage probes rea
 from __future__ import annotations
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import ml_collections
 
 from idfer_jax import losses
 from idfer_jax.data.pipeline import DataSpec
+from idfer_jax.methods import common
 from idfer_jax.models import ClassifierHead, build_backbone
-from idfer_jax.train.interface import Method, Player
-from idfer_jax.train.optim import make_optimizer
+from idfer_jax.train.interface import Method
 
 
 class ExpressionClassifier(nn.Module):
@@ -62,29 +61,12 @@ def build(config, data_spec: DataSpec) -> Method:
     model = build_model(config, data_spec)
     cross_entropy = losses.cross_entropy(label_smoothing=config.model.label_smoothing)
 
-    def init(rng, batch):
-        params_rng, dropout_rng = jax.random.split(rng)
-        return model.init({"params": params_rng, "dropout": dropout_rng}, batch["image"],
-                          train=False)
-
     def loss_fn(params, model_state, batch, rng, step):
         del step
-        outputs, new_state = model.apply(
-            {"params": params, **model_state}, batch["image"], train=True,
-            mutable=list(model_state), rngs={"dropout": rng},
+        outputs, new_state = common.apply_for_training(
+            model, params, model_state, batch["image"], rng
         )
         loss = cross_entropy(outputs, batch)
-        accuracy = jnp.mean(jnp.argmax(outputs["logits"], -1) == batch["expression"])
-        return loss, (dict(new_state), {"accuracy": accuracy})
+        return loss, (new_state, {"accuracy": common.accuracy(outputs["logits"], batch["expression"])})
 
-    def apply(variables, images):
-        return model.apply(variables, images, train=False)
-
-    optimizer = make_optimizer(config.optimizer, config.train.num_steps)
-    return Method(
-        name="baseline",
-        init=init,
-        players=(Player("model", loss_fn, optimizer),),
-        apply=apply,
-        description=__doc__,
-    )
+    return common.one_player_method("baseline", model, loss_fn, config, description=__doc__)

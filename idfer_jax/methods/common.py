@@ -10,6 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from idfer_jax.losses import WEIGHTING_PARAM_KEY
+from idfer_jax.train.interface import LossFn, Method, Player
+from idfer_jax.train.optim import make_optimizer
 
 
 def split_loss_weights(params: dict) -> tuple[dict, dict]:
@@ -19,10 +21,10 @@ def split_loss_weights(params: dict) -> tuple[dict, dict]:
 
 
 def init_with_loss_weights(model: nn.Module, combinator, rng, images) -> dict:
-    """`model.init` plus the combinator's learned weights under `params['loss_weights']`."""
+    """`model.init` plus the combinator's learned weights (if any) under `params['loss_weights']`."""
     params_rng, dropout_rng = jax.random.split(rng)
     variables = dict(model.init({"params": params_rng, "dropout": dropout_rng}, images, train=False))
-    weights = combinator.init()
+    weights = combinator.init() if combinator is not None else {}
     if weights:
         variables["params"] = {**variables["params"], WEIGHTING_PARAM_KEY: weights}
     return variables
@@ -36,6 +38,24 @@ def apply_for_training(model: nn.Module, params: dict, model_state: dict, images
         mutable=list(model_state), rngs={"dropout": rng},
     )
     return outputs, dict(new_state)
+
+
+def one_player_method(name: str, model: nn.Module, loss_fn: LossFn, config, *, weighting=None,
+                      batch_keys: tuple[str, ...] = ("image", "expression"),
+                      description: str = "") -> Method:
+    """A recipe whose one player trains the model (and its learned loss weights, if `weighting` has
+    any) with the optimizer of `config.optimizer`; inference ignores the loss weights."""
+
+    def init(rng, batch):
+        return init_with_loss_weights(model, weighting, rng, batch["image"])
+
+    def apply(variables, images):
+        params, _ = split_loss_weights(variables["params"])
+        return model.apply({**variables, "params": params}, images, train=False)
+
+    optimizer = make_optimizer(config.optimizer, config.train.num_steps)
+    return Method(name=name, init=init, players=(Player("model", loss_fn, optimizer),), apply=apply,
+                  batch_keys=batch_keys, description=description)
 
 
 def train_subject_labels(train_subjects: Sequence[int], subjects: jax.Array):

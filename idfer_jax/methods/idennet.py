@@ -30,8 +30,7 @@ from idfer_jax import losses
 from idfer_jax.data.pipeline import DataSpec
 from idfer_jax.methods import baseline, common
 from idfer_jax.models import FUSION_OPS, ClassifierHead, ResNet, SpatialFusion, build_backbone
-from idfer_jax.train.interface import Method, Player
-from idfer_jax.train.optim import make_optimizer
+from idfer_jax.train.interface import Method
 
 WEIGHTINGS = ("constant", "loss_ratio", "uncertainty")
 LOSS_NAMES = ("expression", "identity")
@@ -136,9 +135,6 @@ def build(config, data_spec: DataSpec) -> Method:
     identity_loss = losses.cross_entropy("identity_logits", "identity", mask_key="identity_mask")
     train_subjects = data_spec.train_subjects
 
-    def init(rng, batch):
-        return common.init_with_loss_weights(model, weighting, rng, batch["image"])
-
     def loss_fn(params, model_state, batch, rng, step):
         del step
         outputs, new_state = common.apply_for_training(
@@ -155,15 +151,7 @@ def build(config, data_spec: DataSpec) -> Method:
         )
         return total, (new_state, metrics)
 
-    def apply(variables, images):
-        params, _ = common.split_loss_weights(variables["params"])
-        return model.apply({**variables, "params": params}, images, train=False)
-
-    return Method(
-        name="idennet",
-        init=init,
-        players=(Player("model", loss_fn, make_optimizer(config.optimizer, config.train.num_steps)),),
-        apply=apply,
-        batch_keys=("image", "expression", "subject"),
-        description=__doc__,
+    return common.one_player_method(
+        "idennet", model, loss_fn, config, weighting=weighting,
+        batch_keys=("image", "expression", "subject"), description=__doc__,
     )

@@ -41,8 +41,7 @@ from idfer_jax.models import (
     SpatialAttentionPool,
     build_backbone,
 )
-from idfer_jax.train.interface import Method, Player
-from idfer_jax.train.optim import make_optimizer
+from idfer_jax.train.interface import Method
 
 WEIGHTINGS = ("uncertainty", "constrained")
 POSE_MODES = ("bins", "regression", "none")
@@ -166,9 +165,6 @@ def build(config, data_spec: DataSpec) -> Method:
     cross_entropy = losses.cross_entropy(label_smoothing=m.label_smoothing)
     edges = tuple(float(e) for e in m.yaw_bin_edges)
 
-    def init(rng, batch):
-        return common.init_with_loss_weights(model, weighting, rng, batch["image"])
-
     def loss_fn(params, model_state, batch, rng, step):
         del step
         outputs, new_state = common.apply_for_training(
@@ -195,15 +191,7 @@ def build(config, data_spec: DataSpec) -> Method:
             metrics[f"scale_weight/{s + 1}"] = jnp.mean(outputs["scale_weights"][:, s])
         return total, (new_state, metrics)
 
-    def apply(variables, images):
-        params, _ = common.split_loss_weights(variables["params"])
-        return model.apply({**variables, "params": params}, images, train=False)
-
-    return Method(
-        name="phanet",
-        init=init,
-        players=(Player("model", loss_fn, make_optimizer(config.optimizer, config.train.num_steps)),),
-        apply=apply,
-        batch_keys=("image", "expression", *(("yaw",) if with_pose else ())),
-        description=__doc__,
+    return common.one_player_method(
+        "phanet", model, loss_fn, config, weighting=weighting,
+        batch_keys=("image", "expression", *(("yaw",) if with_pose else ())), description=__doc__,
     )

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from idfer_jax import api
 from tests.conftest import REPO, subprocess_env
@@ -91,3 +92,29 @@ def test_cli_reports_a_missing_manual_download_without_a_traceback(tmp_path, com
     assert "idfer: error: The manual download of ck_plus48 is missing" in result.stderr
     assert "CK+48.zip" in result.stderr and "--config.data.manual_dir" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _fold_result(fold, accuracy, bands, yaw_r2):
+    return {"method": "m", "dataset": "d", "protocol": "subject_kfold", "class_names": ["a", "b"],
+            "fold": fold, "accuracy": accuracy, "mean_class_accuracy": accuracy,
+            "num_test_images": 10, "num_test_subjects": 2, "confusion_matrix": [[5, 0], [0, 5]],
+            "identity_leakage": {"linear_acc": 0.5, "mlp_acc": 0.6, "chance": 0.5},
+            "pose_leakage": {"yaw_r2": yaw_r2}, "accuracy_by_abs_yaw": bands}
+
+
+def test_summary_averages_yaw_bands_over_the_folds_that_cover_them_and_tables_compare():
+    from idfer_jax import eval as E
+    from idfer_jax.train import crossval as crossval_lib
+
+    summary = crossval_lib.summarise([
+        _fold_result(0, 0.5, {"0-20": 0.6, "20-40": 0.4}, 0.2),
+        _fold_result(1, 0.7, {"0-20": 0.8, "20-40": 0.6, "40-60": 0.3}, 0.4),
+    ])
+    stats = summary["mean_std"]
+    assert stats["accuracy |yaw| 0-20"]["mean"] == pytest.approx(0.7)
+    assert stats["accuracy |yaw| 40-60"] == {"mean": pytest.approx(0.3), "std": 0.0}  # fold 1 only
+    table = E.comparison_table([summary, summary], names=["baseline", "other"])
+    lines = table.strip().splitlines()
+    assert len(lines) == 4 and "other" in lines[-1]
+    assert "0.600 ± 0.100" in lines[-1]  # accuracy: mean ± population std over the 2 folds
+    assert "|yaw\\| 40-60°" in lines[0] and "yaw R²" in lines[0]

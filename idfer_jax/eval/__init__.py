@@ -24,6 +24,7 @@ from idfer_jax.eval.probes import (
     standardize,
 )
 from idfer_jax.eval.report import (
+    comparison_table,
     format_leakage,
     markdown_table,
     write_confusion_csv,
@@ -34,6 +35,7 @@ from idfer_jax.eval.report import (
 __all__ = [
     "ConfusionAccumulator",
     "RidgeFit",
+    "comparison_table",
     "confusion_matrix",
     "fit_ridge",
     "format_leakage",

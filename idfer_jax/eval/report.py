@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "comparison_table",
     "format_leakage",
     "markdown_table",
     "write_confusion_csv",
@@ -216,3 +217,36 @@ def format_leakage(identity: Mapping[str, Any] | None, pose: Mapping[str, Any] |
     else:
         blocks.append("**Pose leakage**: not measured (no pose labels).")
     return "\n\n".join(blocks)
+
+
+def _mean_std(summary: Mapping[str, Any], key: str) -> str:
+    stats = summary["mean_std"].get(key)
+    return f"{stats['mean']:.3f} ± {stats['std']:.3f}" if stats else "–"
+
+
+def comparison_table(summaries: Sequence[Mapping[str, Any]], *, names: Sequence[str] | None = None) -> str:
+    """One Markdown row per cross-validation (`crossval_results.json` contents), mean ± std over folds.
+
+    Columns: expression accuracy, accuracy per |yaw| band (where the data has yaw), the identity probes
+    on the expression features beside their chance (lower is better), and R^2 of yaw from the same
+    features (lower is better).
+    """
+    bands = list(dict.fromkeys(
+        k for s in summaries for k in s["mean_std"] if k.startswith("accuracy |yaw| ")))
+    rows = []
+    for i, s in enumerate(summaries):
+        row = {
+            "recipe": names[i] if names else s["method"],
+            "folds": s["num_folds"],
+            "expression accuracy": _mean_std(s, "accuracy"),
+        }
+        for band in bands:
+            row[f"acc. {band.removeprefix('accuracy ')}°"] = _mean_std(s, band)
+        row["identity probe, linear"] = _mean_std(s, "identity probe (linear)")
+        row["identity probe, MLP"] = _mean_std(s, "identity probe (MLP)")
+        chance = s["mean_std"].get("identity chance")
+        row["identity chance"] = f"{chance['mean']:.3f}" if chance else "–"
+        if any("yaw R^2" in t["mean_std"] for t in summaries):
+            row["yaw R²"] = _mean_std(s, "yaw R^2")
+        rows.append(row)
+    return markdown_table(rows)

@@ -96,15 +96,19 @@ def _fold_row(r: dict) -> dict:
                     "identity chance": identity["chance"]})
     for k, v in (r.get("pose_leakage") or {}).items():
         row[f"{k.removesuffix('_r2')} R^2"] = v
+    for band, v in (r.get("accuracy_by_abs_yaw") or {}).items():
+        row[f"accuracy |yaw| {band}"] = v
     return row
 
 
 def summarise(per_fold: list[dict]) -> dict:
     """Mean and std over folds of every per-fold number, and the pooled confusion matrix."""
     rows = [_fold_row(r) for r in per_fold]
-    numeric = [k for k in rows[0] if k not in ("fold",) and all(
-        isinstance(row.get(k), float) for row in rows)]
-    stats = {k: E.mean_and_std([row[k] for row in rows]) for k in numeric}
+    # A yaw band that one fold's test set happens not to cover is averaged over the folds that have it.
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    numeric = [k for k in keys if k != "fold" and all(
+        isinstance(row[k], float) for row in rows if k in row)]
+    stats = {k: E.mean_and_std([row[k] for row in rows if k in row]) for k in numeric}
     pooled = np.sum([np.asarray(r["confusion_matrix"]) for r in per_fold], axis=0)
     first = per_fold[0]
     return {

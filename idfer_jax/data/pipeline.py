@@ -165,14 +165,18 @@ def eval_batches(
     padded[: len(indices)] = indices
     mask = np.zeros(len(padded), np.float32)
     mask[: len(indices)] = 1.0
-    decode = Decode(dataset.spec.pose_keys, dataset.spec.has_neutral and with_neutral)
     for step in range(num_steps):
         lo = step * per_step + process_index * local_batch
-        records = dataset.source.__getitems__([int(i) for i in padded[lo : lo + local_batch]])
-        examples = [decode.map(r) for r in records]
-        batch = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+        batch = load_examples(dataset, padded[lo : lo + local_batch], with_neutral=with_neutral)
         batch["mask"] = mask[lo : lo + local_batch]
         yield batch
+
+
+def load_examples(dataset: Dataset, indices, *, with_neutral: bool = False) -> dict[str, np.ndarray]:
+    """The records at `indices`, decoded and stacked into one batch (no sharding, no augmentation)."""
+    decode = Decode(dataset.spec.pose_keys, dataset.spec.has_neutral and with_neutral)
+    examples = [decode.map(r) for r in dataset.source.__getitems__([int(i) for i in indices])]
+    return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
 
 
 def _process_count() -> int:

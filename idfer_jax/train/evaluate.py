@@ -136,11 +136,12 @@ def write_attention_figure(trainer: Trainer, variables: dict, workdir: str, clas
     test = trainer.dataset.test_indices
     expressions = trainer.dataset.labels["expression"][test]
     picked = [test[np.argmax(expressions == k)] for k in range(len(class_names)) if (expressions == k).any()]
-    batch = next(pipeline.eval_batches(trainer.dataset, np.asarray(picked[:8]),
-                                       global_batch_size=len(picked[:8])))
-    outputs = jax.device_get(jax.jit(trainer.method.apply)(variables, batch["image"]))
-    if "attention" not in outputs:
+    batch = pipeline.load_examples(trainer.dataset, picked[:8])
+    if "attention" not in jax.eval_shape(trainer.method.apply, variables, batch["image"]):
         return False
+    # On this process alone, on host copies of the (replicated) variables: no collective is involved,
+    # so this is safe where only process 0 draws.
+    outputs = jax.device_get(jax.jit(trainer.method.apply)(jax.device_get(variables), batch["image"]))
     predicted = np.asarray(outputs["logits"]).argmax(-1)
     labels = [f"{class_names[t]} -> {class_names[p]}"
               for t, p in zip(batch["expression"], predicted, strict=True)]

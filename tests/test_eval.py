@@ -369,3 +369,19 @@ def test_eval_does_not_import_upper_layers():
             else:
                 continue
             assert not any(n.startswith(forbidden) for n in names), (source.name, names)
+
+
+def test_a_feature_that_barely_varies_in_training_cannot_wreck_a_probe():
+    # A ReLU unit that fired weakly on one training image and strongly on one test image: z-scored
+    # with its tiny train std it would sit hundreds of deviations out and dominate the probe.
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 8))
+    y = x @ rng.normal(size=8)
+    dead = np.zeros((400, 1))
+    dead[3] = 1e-4
+    dead[300] = 5.0
+    x = np.concatenate([x, dead], axis=1)
+    assert probes.ridge_r2(x[:200], y[:200], x[200:], y[200:]) > 0.95
+    x_train, x_test = probes.standardize(x[:200], x[200:])
+    assert np.all(x_train[:, -1] == 0) and np.all(x_test[:, -1] == 0)
+    assert np.isfinite(x_test).all()

@@ -153,7 +153,7 @@ def plot_attention_maps(
         images = np.repeat(images, 3, axis=-1)
     n, h, w = images.shape[:3]
     cols = 1 + len(maps)
-    fig = Figure(figsize=(1.6 * cols, 1.6 * n + (0.4 if title else 0.0)))
+    fig = Figure(figsize=(1.6 * cols, 1.6 * n + (0.4 if title else 0.0)), layout="constrained")
     axes = fig.subplots(n, cols, squeeze=False)
     for i in range(n):
         axes[i, 0].imshow(images[i])

@@ -123,6 +123,9 @@ def test_unknown_recipe_switches_are_errors_that_name_the_choices():
         methods.build(tiny_config(IDENNET_SMOKE, weighting="gradnorm"), fake_spec())
     with pytest.raises(ValueError, match="fusion_stage=5"):
         methods.build(tiny_config(IDENNET_SMOKE, fusion_stage=5), fake_spec())
+    no_subjects = dataclasses.replace(fake_spec(), train_subjects=())  # e.g. RAF-DB's official split
+    with pytest.raises(ValueError, match="needs subject ids"):
+        methods.build(tiny_config(IDENNET_SMOKE), no_subjects)
     with pytest.raises(ValueError, match="uncertainty, constrained"):
         methods.build(tiny_config(PHANET_SMOKE, weighting="constant"), fake_spec())
     with pytest.raises(ValueError, match="ascending positive"):

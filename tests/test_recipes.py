@@ -87,12 +87,12 @@ def test_idennet_every_fusion_op_and_weighting_trains_a_step(fusion, weighting, 
     assert ("expression_stream_top" in state.params) == (stage != -1)
 
 
-@pytest.mark.parametrize("weighting, pose", [
-    ("uncertainty", "bins"), ("constrained", "bins"), ("uncertainty", "regression"),
-    ("constrained", "none"),
+@pytest.mark.parametrize("weighting, pose, norm", [
+    ("uncertainty", "bins", True), ("constrained", "bins", True), ("uncertainty", "regression", True),
+    ("constrained", "none", False),
 ])
-def test_phanet_every_weighting_and_pose_head_trains_a_step(weighting, pose):
-    config = tiny_config(PHANET_SMOKE, weighting=weighting, pose=pose)
+def test_phanet_every_weighting_and_pose_head_trains_a_step(weighting, pose, norm):
+    config = tiny_config(PHANET_SMOKE, weighting=weighting, pose=pose, scale_attention_norm=norm)
     method, state, new_state, metrics = one_step(config)
     assert np.isfinite(metrics["loss"])
     assert ("loss/pose" in metrics) == (pose != "none")

@@ -54,6 +54,7 @@ class ScaleAttention(nn.Module):
     """
 
     hidden: int = 64
+    normalize: bool = True  # layer-normalise the MLP's input (see above)
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -61,7 +62,9 @@ class ScaleAttention(nn.Module):
         """``scale_features``: (N, S, D) -> ``(fused (N, D), weights (N, S))``, float32."""
         chex.assert_rank(scale_features, 3)
         n, s, d = scale_features.shape
-        x = nn.LayerNorm(dtype=self.dtype, name="norm")(scale_features.reshape(n, s * d))
+        x = scale_features.reshape(n, s * d).astype(self.dtype)
+        if self.normalize:
+            x = nn.LayerNorm(dtype=self.dtype, name="norm")(x)
         h = nn.relu(nn.Dense(self.hidden, dtype=self.dtype, name="hidden")(x))
         scores = nn.Dense(s, dtype=self.dtype, kernel_init=nn.initializers.zeros_init(), name="scores")(h)
         weights = jax.nn.softmax(scores.astype(jnp.float32))

@@ -68,9 +68,25 @@ def evaluation(**overrides) -> ml_collections.ConfigDict:
     return c
 
 
+def adversary(**overrides) -> ml_collections.ConfigDict:
+    """The `config.adversary` block: the identity and pose adversaries any recipe can switch on, and
+    the formulation every adversary of the run uses (Halawa et al.'s expression adversary included)."""
+    c = ml_collections.ConfigDict()
+    c.formulation = "uniform"  # uniform | grl | negated_ce
+    c.identity = 0.0  # weight of the identity adversary on the expression features; 0 = off
+    c.pose = 0.0  # weight of the pose (yaw bin) adversary on the expression features; 0 = off
+    c.pose_bin_edges = (20.0, 40.0)  # |yaw| edges in degrees: 5 mirror-symmetric bins
+    c.hidden = 256  # [choice] one hidden ReLU layer, like the MLP leakage probe
+    c.learning_rate = 0.0  # 0 = the main optimizer's learning rate
+    c.steps = 1  # adversary sub-updates per train step
+    c.update(overrides)
+    return c
+
+
 def run(method: str, model: ml_collections.ConfigDict, data_config: ml_collections.ConfigDict,
         **blocks) -> ml_collections.ConfigDict:
-    """A whole config: method, seed, dtype and the data / model / optimizer / train / eval blocks."""
+    """A whole config: method, seed, dtype and the data / model / optimizer / train / eval / adversary
+    blocks."""
     c = ml_collections.ConfigDict()
     c.method = method
     c.seed = 0
@@ -80,6 +96,7 @@ def run(method: str, model: ml_collections.ConfigDict, data_config: ml_collectio
     c.optimizer = blocks.pop("optimizer", None) or optimizer()
     c.train = blocks.pop("train", None) or train()
     c.eval = blocks.pop("eval", None) or evaluation()
+    c.adversary = blocks.pop("adversary", None) or adversary()
     if blocks:
         raise ValueError(f"Unknown config blocks {sorted(blocks)}.")
     return c

@@ -10,7 +10,12 @@ from idfer_jax.eval.metrics import (
     mean_and_std,
     r2_score,
 )
-from idfer_jax.eval.plots import plot_attention_maps, plot_confusion_matrix, plot_leakage_bars
+from idfer_jax.eval.plots import (
+    plot_attention_maps,
+    plot_confusion_matrix,
+    plot_leakage_bars,
+    plot_reconstructions,
+)
 from idfer_jax.eval.probes import (
     RidgeFit,
     fit_ridge,
@@ -48,6 +53,7 @@ __all__ = [
     "plot_attention_maps",
     "plot_confusion_matrix",
     "plot_leakage_bars",
+    "plot_reconstructions",
     "pose_leakage",
     "r2_score",
     "ridge_r2",

@@ -175,3 +175,42 @@ def plot_attention_maps(
     if title:
         fig.suptitle(title, fontsize=9)
     return _save(fig, path)
+
+
+def plot_reconstructions(
+    images: np.ndarray,
+    rows: Mapping[str, np.ndarray],
+    path: str | os.PathLike,
+    *,
+    labels: Sequence[str] | None = None,
+    title: str | None = None,
+) -> Path:
+    """Write faces (columns) above their reconstructions (one row per entry of `rows`) as PNG.
+
+    Args:
+      images: ``(N, H, W, C)`` float images in [-1, 1] (C = 1 or 3).
+      rows: row name -> ``(N, h, w, C)`` images in [-1, 1]; a smaller ``h, w`` (a decoder working at
+        reduced resolution) is shown at the faces' size with visible pixels.
+      labels: optional text per column (e.g. the expression).
+    """
+    def to_rgb(x):
+        x = np.clip((np.asarray(x, np.float32) + 1.0) / 2.0, 0.0, 1.0)
+        return np.repeat(x, 3, axis=-1) if x.shape[-1] == 1 else x
+
+    faces = to_rgb(images)
+    n = faces.shape[0]
+    named = [("face", faces)] + [(name, to_rgb(r)) for name, r in rows.items()]
+    fig = Figure(figsize=(1.3 * n + 0.6, 1.4 * len(named) + (0.4 if title else 0.0)), layout="constrained")
+    axes = fig.subplots(len(named), n, squeeze=False)
+    for r, (name, pictures) in enumerate(named):
+        for i in range(n):
+            ax = axes[r, i]
+            ax.imshow(pictures[i], interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0 and labels is not None:
+                ax.set_title(labels[i], fontsize=7)
+        axes[r, 0].set_ylabel(name, fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return _save(fig, path)

@@ -12,6 +12,7 @@ METHODS = {
     "baseline": "idfer_jax.methods.baseline",
     "idennet": "idfer_jax.methods.idennet",
     "phanet": "idfer_jax.methods.phanet",
+    "halawa": "idfer_jax.methods.halawa",
 }
 
 

@@ -61,12 +61,9 @@ def build(config, data_spec: DataSpec) -> Method:
     model = build_model(config, data_spec)
     cross_entropy = losses.cross_entropy(label_smoothing=config.model.label_smoothing)
 
-    def loss_fn(params, model_state, batch, rng, step):
-        del step
-        outputs, new_state = common.apply_for_training(
-            model, params, model_state, batch["image"], rng
-        )
+    def objective(outputs, params, batch, step):
+        del params, step
         loss = cross_entropy(outputs, batch)
-        return loss, (new_state, {"accuracy": common.accuracy(outputs["logits"], batch["expression"])})
+        return loss, {"accuracy": common.accuracy(outputs["logits"], batch["expression"])}
 
-    return common.one_player_method("baseline", model, loss_fn, config, description=__doc__)
+    return common.build_recipe("baseline", model, objective, config, data_spec, description=__doc__)

@@ -1,23 +1,46 @@
-"""What several recipes need beside their model: training-mode apply, and labels made from the batch."""
+"""What every recipe needs beside its model: training-mode apply, adversaries, and the Method itself."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from idfer_jax.data.pipeline import DataSpec
 from idfer_jax.losses import WEIGHTING_PARAM_KEY
-from idfer_jax.train.interface import LossFn, Method, Player
+from idfer_jax.methods import adversaries as adv
+from idfer_jax.methods.labels import accuracy, num_yaw_bins, train_subject_labels, yaw_bin_labels
+from idfer_jax.train.interface import Method, Player
 from idfer_jax.train.optim import make_optimizer
+
+__all__ = [
+    "Objective",
+    "accuracy",
+    "apply_for_training",
+    "build_recipe",
+    "init_with_loss_weights",
+    "num_yaw_bins",
+    "split_loss_weights",
+    "train_subject_labels",
+    "yaw_bin_labels",
+]
+
+# (training-mode outputs, params incl. loss weights, batch, step) -> (loss, metrics)
+Objective = Callable[[Mapping, Mapping, Mapping, jax.Array], tuple[jax.Array, dict]]
 
 
 def split_loss_weights(params: dict) -> tuple[dict, dict]:
     """(model parameters, learned loss weights): the weights live beside the model's groups."""
     model_params = {k: v for k, v in params.items() if k != WEIGHTING_PARAM_KEY}
     return model_params, params.get(WEIGHTING_PARAM_KEY, {})
+
+
+def model_params(params: Mapping) -> dict:
+    """The model's own groups: without learned loss weights and adversary heads."""
+    return {k: v for k, v in params.items()
+            if k != WEIGHTING_PARAM_KEY and not k.startswith(adv.GROUP_PREFIX)}
 
 
 def init_with_loss_weights(model: nn.Module, combinator, rng, images) -> dict:
@@ -30,67 +53,77 @@ def init_with_loss_weights(model: nn.Module, combinator, rng, images) -> dict:
     return variables
 
 
-def apply_for_training(model: nn.Module, params: dict, model_state: dict, images, rng):
-    """Training-mode forward pass: returns (outputs, new model state); loss weights are left out."""
-    model_params, _ = split_loss_weights(params)
+def apply_for_training(model: nn.Module, params: dict, model_state: dict, images, rng, **kwargs):
+    """Training-mode forward pass: returns (outputs, new model state); loss weights and adversary
+    heads are left out. `kwargs` go to the model's `__call__`."""
     outputs, new_state = model.apply(
-        {"params": model_params, **model_state}, images, train=True,
-        mutable=list(model_state), rngs={"dropout": rng},
+        {"params": model_params(params), **model_state}, images, train=True,
+        mutable=list(model_state), rngs={"dropout": rng}, **kwargs,
     )
     return outputs, dict(new_state)
 
 
-def one_player_method(name: str, model: nn.Module, loss_fn: LossFn, config, *, weighting=None,
-                      batch_keys: tuple[str, ...] = ("image", "expression"),
-                      description: str = "") -> Method:
-    """A recipe whose one player trains the model (and its learned loss weights, if `weighting` has
-    any) with the optimizer of `config.optimizer`; inference ignores the loss weights."""
+def build_recipe(name: str, model: nn.Module, objective: Objective, config, data_spec: DataSpec, *,
+                 weighting=None, batch_keys: tuple[str, ...] = ("image", "expression"),
+                 adversaries: Sequence[adv.Adversary] = (), adversary_call: Mapping | None = None,
+                 description: str = "") -> Method:
+    """The Method of a recipe: its model, trained on `objective` (and its learned loss weights, if
+    `weighting` has any) with the optimizer of `config.optimizer`.
+
+    `adversaries` are the recipe's own (Halawa et al.'s expression adversary on z_n); the identity and
+    pose adversaries that `config.adversary` switches on are added for every recipe, on the model's
+    `outputs['features']`. With any adversary, an `adversary` player (its own optimizer state) updates
+    first in each step, then the `model` player. Inference ignores loss weights and adversaries.
+    `adversary_call` are keyword arguments of the model's `__call__` for the adversary player's
+    forward pass, which needs only the features (Halawa et al. skip the decoder there).
+    """
+    adversaries = (*adversaries, *adv.from_config(config, data_spec))
+    num_steps = max(1, int(config.train.num_steps))
+
+    def forward(params, model_state, images, rng, **kwargs):
+        return apply_for_training(model, params, model_state, images, rng, **kwargs)
+
+    def adversary_forward(params, model_state, images, rng):
+        return forward(params, model_state, images, rng, **(adversary_call or {}))
+
+    def loss_fn(params, model_state, batch, rng, step):
+        outputs, new_state = forward(params, model_state, batch["image"], rng)
+        loss, metrics = objective(outputs, params, batch, step)
+        if adversaries:
+            terms, adversary_metrics = adv.encoder_terms(
+                adversaries, params, outputs, batch, step / num_steps
+            )
+            for term_name, value in terms.items():
+                loss = loss + value
+                metrics[term_name] = value
+            metrics.update(adversary_metrics)
+        return loss, (new_state, metrics)
 
     def init(rng, batch):
-        return init_with_loss_weights(model, weighting, rng, batch["image"])
+        if not adversaries:
+            return init_with_loss_weights(model, weighting, rng, batch["image"])
+        model_rng, heads_rng = jax.random.split(rng)
+        variables = init_with_loss_weights(model, weighting, model_rng, batch["image"])
+        outputs = model.apply({**variables, "params": model_params(variables["params"])},
+                              batch["image"], train=False)
+        variables["params"] = {**variables["params"], **adv.init_heads(adversaries, heads_rng, outputs)}
+        return variables
 
     def apply(variables, images):
-        params, _ = split_loss_weights(variables["params"])
-        return model.apply({**variables, "params": params}, images, train=False)
+        return model.apply({**variables, "params": model_params(variables["params"])}, images, train=False)
 
     optimizer = make_optimizer(config.optimizer, config.train.num_steps)
-    return Method(name=name, init=init, players=(Player("model", loss_fn, optimizer),), apply=apply,
+    if not adversaries:
+        players = (Player("model", loss_fn, optimizer),)
+    else:
+        sample = {"image": jnp.zeros((2, *data_spec.image_shape), jnp.float32)}
+        groups = jax.eval_shape(init, jax.random.PRNGKey(0), sample)["params"]
+        players = (
+            adv.player(adversaries, adversary_forward, adv.make_adversary_optimizer(config),
+                       steps=(config.get("adversary") or {}).get("steps", 1)),
+            Player("model", loss_fn, optimizer,
+                   owns=tuple(k for k in groups if not k.startswith(adv.GROUP_PREFIX))),
+        )
+        batch_keys = tuple(dict.fromkeys((*batch_keys, *(k for a in adversaries for k in a.batch_keys))))
+    return Method(name=name, init=init, players=players, apply=apply,
                   batch_keys=batch_keys, description=description)
-
-
-def train_subject_labels(train_subjects: Sequence[int], subjects: jax.Array):
-    """Dataset subject ids -> (index among this fold's training subjects, valid mask).
-
-    An identity head classifies the training subjects of the current fold only, so a subject that is
-    not among them (a held-out subject, or -1 = unknown) gets mask 0 and never reaches its loss.
-    """
-    table = jnp.asarray(np.sort(np.asarray(train_subjects, np.int32)))
-    if table.size == 0:
-        return jnp.zeros_like(subjects), jnp.zeros(subjects.shape, jnp.float32)
-    index = jnp.clip(jnp.searchsorted(table, subjects), 0, table.size - 1)
-    valid = table[index] == subjects
-    return jnp.where(valid, index, 0).astype(jnp.int32), valid.astype(jnp.float32)
-
-
-def yaw_bin_labels(yaw: jax.Array, magnitude_edges: Sequence[float]) -> jax.Array:
-    """Yaw in degrees -> one of `2 * len(magnitude_edges) + 1` bins, mirror-symmetric about 0.
-
-    `|yaw|` is binned at the ascending `magnitude_edges` and the sign picks the side, so the centre bin
-    is `|yaw| < edges[0]` and `bin(-yaw) == num_bins - 1 - bin(yaw)` exactly, also for datasets whose
-    yaws sit on bin edges (Multi-PIE's 15 and 45 degree cameras): a flipped image, whose yaw the
-    pipeline negates, always lands in the mirrored bin.
-    """
-    edges = jnp.asarray(magnitude_edges, jnp.float32)
-    magnitude = jnp.digitize(jnp.abs(yaw), edges)
-    return (len(magnitude_edges) + jnp.sign(yaw).astype(jnp.int32) * magnitude).astype(jnp.int32)
-
-
-def num_yaw_bins(magnitude_edges: Sequence[float]) -> int:
-    return 2 * len(magnitude_edges) + 1
-
-
-def accuracy(logits: jax.Array, labels: jax.Array, mask: jax.Array | None = None) -> jax.Array:
-    hits = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
-    if mask is None:
-        return jnp.mean(hits)
-    return jnp.sum(hits * mask) / jnp.maximum(jnp.sum(mask), 1.0)

@@ -135,11 +135,8 @@ def build(config, data_spec: DataSpec) -> Method:
     identity_loss = losses.cross_entropy("identity_logits", "identity", mask_key="identity_mask")
     train_subjects = data_spec.train_subjects
 
-    def loss_fn(params, model_state, batch, rng, step):
+    def objective(outputs, params, batch, step):
         del step
-        outputs, new_state = common.apply_for_training(
-            model, params, model_state, batch["image"], rng
-        )
         identity, identity_mask = common.train_subject_labels(train_subjects, batch["subject"])
         labels = {**batch, "identity": identity, "identity_mask": identity_mask}
         terms = {"expression": expression_loss(outputs, labels), "identity": identity_loss(outputs, labels)}
@@ -149,9 +146,9 @@ def build(config, data_spec: DataSpec) -> Method:
         metrics["identity_accuracy"] = common.accuracy(
             outputs["identity_logits"], identity, identity_mask
         )
-        return total, (new_state, metrics)
+        return total, metrics
 
-    return common.one_player_method(
-        "idennet", model, loss_fn, config, weighting=weighting,
+    return common.build_recipe(
+        "idennet", model, objective, config, data_spec, weighting=weighting,
         batch_keys=("image", "expression", "subject"), description=__doc__,
     )

@@ -169,11 +169,8 @@ def build(config, data_spec: DataSpec) -> Method:
     cross_entropy = losses.cross_entropy(label_smoothing=m.label_smoothing)
     edges = tuple(float(e) for e in m.yaw_bin_edges)
 
-    def loss_fn(params, model_state, batch, rng, step):
+    def objective(outputs, params, batch, step):
         del step
-        outputs, new_state = common.apply_for_training(
-            model, params, model_state, batch["image"], rng
-        )
         terms = {"expression": cross_entropy(outputs, batch)}
         for s, logits in enumerate(outputs["scale_logits"]):
             terms[f"attention{s + 1}"] = losses.softmax_cross_entropy(
@@ -193,9 +190,9 @@ def build(config, data_spec: DataSpec) -> Method:
         metrics["accuracy"] = common.accuracy(outputs["logits"], batch["expression"])
         for s in range(outputs["scale_weights"].shape[1]):
             metrics[f"scale_weight/{s + 1}"] = jnp.mean(outputs["scale_weights"][:, s])
-        return total, (new_state, metrics)
+        return total, metrics
 
-    return common.one_player_method(
-        "phanet", model, loss_fn, config, weighting=weighting,
+    return common.build_recipe(
+        "phanet", model, objective, config, data_spec, weighting=weighting,
         batch_keys=("image", "expression", *(("yaw",) if with_pose else ())), description=__doc__,
     )

@@ -1,6 +1,7 @@
-"""Flax linen modules: backbones, heads, fusion and attention. Knows nothing of losses or training."""
+"""Flax linen modules: backbones, heads, fusion, attention, decoders. Knows nothing of losses or training."""
 
 from idfer_jax.models.attention import ScaleAttention, SpatialAttentionPool
+from idfer_jax.models.decoder import ImageDecoder
 from idfer_jax.models.fusion import FUSION_OPS, SpatialFusion
 from idfer_jax.models.heads import ClassifierHead
 from idfer_jax.models.resnet import (
@@ -24,6 +25,7 @@ __all__ = [
     "BasicBlock",
     "BottleneckBlock",
     "ClassifierHead",
+    "ImageDecoder",
     "ResNet",
     "ScaleAttention",
     "SpatialAttentionPool",

@@ -9,6 +9,8 @@ Uses the last checkpoint (never a checkpoint picked on the test fold). Writes:
 - accuracy per |yaw| band where the data has yaw;
 - `attention_maps.png` where the method's outputs carry attention maps (`outputs['attention']`, one
   (N, h, w) map per scale): one held-out face per class with each scale's map overlaid;
+- `reconstructions.png` where the method reconstructs its input (`outputs['reconstruction']`): one
+  held-out face per class above its reconstruction;
 - `eval_results.json` with every number, and `report.md` for people.
 """
 
@@ -125,31 +127,55 @@ def evaluate(config, workdir: str, build_method: BuildMethod, devices=None) -> d
         results["accuracy_by_abs_yaw"] = bands
 
     if jax.process_index() == 0:
-        if write_attention_figure(trainer, variables, workdir, spec.class_names):
+        examples = held_out_examples(trainer, len(spec.class_names))
+        # On this process alone, on host copies of the (replicated) variables: no collective is
+        # involved, so this is safe where only process 0 draws.
+        outputs = jax.device_get(jax.jit(trainer.method.apply)(jax.device_get(variables), examples["image"]))
+        if write_attention_figure(examples, outputs, workdir, spec.class_names):
             results["attention_figure"] = "attention_maps.png"
+        if write_reconstruction_figure(examples, outputs, workdir, spec.class_names):
+            results["reconstruction_figure"] = "reconstructions.png"
         write_outputs(workdir, results)
     return results
 
 
-def write_attention_figure(trainer: Trainer, variables: dict, workdir: str, class_names) -> bool:
-    """Overlays the method's attention maps on one held-out face per class; False if it has none."""
+def held_out_examples(trainer: Trainer, num_classes: int, limit: int = 8) -> dict:
+    """One held-out example per class (the first of each), at most `limit`, for figures."""
     test = trainer.dataset.test_indices
     expressions = trainer.dataset.labels["expression"][test]
-    picked = [test[np.argmax(expressions == k)] for k in range(len(class_names)) if (expressions == k).any()]
-    batch = pipeline.load_examples(trainer.dataset, picked[:8])
-    if "attention" not in jax.eval_shape(trainer.method.apply, variables, batch["image"]):
-        return False
-    # On this process alone, on host copies of the (replicated) variables: no collective is involved,
-    # so this is safe where only process 0 draws.
-    outputs = jax.device_get(jax.jit(trainer.method.apply)(jax.device_get(variables), batch["image"]))
+    picked = [test[np.argmax(expressions == k)] for k in range(num_classes) if (expressions == k).any()]
+    return pipeline.load_examples(trainer.dataset, picked[:limit])
+
+
+def _true_and_predicted(examples: dict, outputs: dict, class_names) -> list[str]:
     predicted = np.asarray(outputs["logits"]).argmax(-1)
-    labels = [f"{class_names[t]} -> {class_names[p]}"
-              for t, p in zip(batch["expression"], predicted, strict=True)]
+    return [f"{class_names[t]} -> {class_names[p]}"
+            for t, p in zip(examples["expression"], predicted, strict=True)]
+
+
+def write_attention_figure(examples: dict, outputs: dict, workdir: str, class_names) -> bool:
+    """Overlays the method's attention maps on the example faces; False if it has none."""
+    if "attention" not in outputs:
+        return False
     E.plot_attention_maps(
-        batch["image"], [np.asarray(a) for a in outputs["attention"]],
+        examples["image"], [np.asarray(a) for a in outputs["attention"]],
         os.path.join(workdir, "attention_maps.png"),
-        scale_weights=outputs.get("scale_weights"), labels=labels,
+        scale_weights=outputs.get("scale_weights"),
+        labels=_true_and_predicted(examples, outputs, class_names),
         title="Attention per scale on held-out faces (true -> predicted)",
+    )
+    return True
+
+
+def write_reconstruction_figure(examples: dict, outputs: dict, workdir: str, class_names) -> bool:
+    """The example faces above the method's reconstructions of them; False if it makes none."""
+    if "reconstruction" not in outputs:
+        return False
+    E.plot_reconstructions(
+        examples["image"], {"reconstruction": np.asarray(outputs["reconstruction"])},
+        os.path.join(workdir, "reconstructions.png"),
+        labels=_true_and_predicted(examples, outputs, class_names),
+        title="Held-out faces and their reconstructions (true -> predicted expression)",
     )
     return True
 
@@ -203,6 +229,9 @@ def write_outputs(workdir: str, results: dict) -> None:
         sections.append(("Attention maps", "One held-out face per class; each scale's spatial "
                          "attention overlaid, with the scale weight the model gave it.\n\n"
                          "![attention maps](attention_maps.png)"))
+    if results.get("reconstruction_figure"):
+        sections.append(("Reconstructions", "One held-out face per class above the decoder's "
+                         "reconstruction of it from the codes.\n\n![reconstructions](reconstructions.png)"))
     if results.get("accuracy_by_abs_yaw"):
         rows = [{"|yaw| band (deg)": k, "accuracy": v}
                 for k, v in results["accuracy_by_abs_yaw"].items()]

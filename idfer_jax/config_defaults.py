@@ -77,6 +77,7 @@ def adversary(**overrides) -> ml_collections.ConfigDict:
     c.pose = 0.0  # weight of the pose (yaw bin) adversary on the expression features; 0 = off
     c.pose_bin_edges = (20.0, 40.0)  # |yaw| edges in degrees: 5 mirror-symmetric bins
     c.hidden = 256  # [choice] one hidden ReLU layer, like the MLP leakage probe
+    c.standardize = True  # [choice] adversaries read batch-standardized features (adversaries.AdversaryHead)
     c.learning_rate = 0.0  # 0 = the main optimizer's learning rate
     c.steps = 1  # adversary sub-updates per train step
     c.update(overrides)

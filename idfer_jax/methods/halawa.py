@@ -127,6 +127,7 @@ def build(config, data_spec: DataSpec) -> Method:
         "expression", reads="nuisance_features", num_classes=data_spec.num_classes,
         labels=lambda batch: (batch["expression"], None), weight=float(m.adversary_weight),
         formulation=adversary_config.formulation, hidden=adversary_config.get("hidden"),
+        standardize=adversary_config.get("standardize", True),
     )
     cross_entropy = losses.cross_entropy(label_smoothing=m.label_smoothing)
     reconstruction_weight = float(m.reconstruction_weight)

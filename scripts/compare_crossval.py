@@ -1,6 +1,9 @@
 """One table comparing finished cross-validations (e.g. recipes on the same folds and budget).
 
     python scripts/compare_crossval.py workdirs/baseline_cv workdirs/idennet_cv workdirs/phanet_cv
+    python scripts/compare_crossval.py baseline=workdirs/b "baseline + identity adversary"=workdirs/b_id
+
+A row is named after the run's method, or `NAME=DIR` names it.
 
 Reads each `DIR/crossval_results.json` (written by `idfer crossval`) and prints a Markdown table:
 expression accuracy and accuracy per |yaw| band, identity probes with chance, yaw R^2, each as mean ±
@@ -20,8 +23,10 @@ from idfer_jax import eval as E
 def main(workdirs: list[str]) -> str:
     if not workdirs:
         raise SystemExit(__doc__)
-    summaries, folds = [], []
-    for d in workdirs:
+    summaries, folds, names = [], [], []
+    for arg in workdirs:
+        name, _, d = arg.rpartition("=")
+        names.append(name or None)
         path = os.path.join(d, "crossval_results.json")
         if not os.path.exists(path):
             raise SystemExit(f"{path} does not exist: run `idfer crossval ... --workdir={d}` first.")
@@ -31,7 +36,8 @@ def main(workdirs: list[str]) -> str:
             folds.append(json.load(f).get("test_subjects"))
     if any(f != folds[0] for f in folds):
         raise SystemExit("These runs used different folds (their folds.json differ); they do not compare.")
-    return E.comparison_table(summaries)
+    return E.comparison_table(
+        summaries, names=[n or s.get("method", "?") for n, s in zip(names, summaries, strict=True)])
 
 
 if __name__ == "__main__":

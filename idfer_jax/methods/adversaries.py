@@ -47,11 +47,12 @@ LabelFn = Callable[[Mapping[str, jax.Array]], tuple[jax.Array, jax.Array | None]
 class AdversaryHead(nn.Module):
     """An adversary's classifier, on features standardized over the batch (inside the graph).
 
-    [choice] Without the standardization the encoder wins without removing anything: it shifts the
-    features until every hidden ReLU of the adversary is off, its prediction is constant (the uniform
-    term is then ~0) and its gradient is gone, while a probe on z-scored features still reads the
-    subject (synthetic faces, fold 0: adversary accuracy at chance, identity probe 0.71 against the
-    baseline's 0.65). Standardized, a shift or a rescaling of the features is invisible to it.
+    [choice] Without the standardization the encoder wins without removing anything: it moves the
+    features to where the adversary's hidden ReLUs are off, so its prediction is constant and its
+    gradient gone, while a probe on z-scored features still reads the subject. Measured on synthetic
+    faces, fold 0, identity adversary: 2 of 256 hidden units ever active on 512 training images (with 3
+    adversary steps at lr 1e-2; 28 of 256 with `grl`), and an identity probe of 0.71 / 0.73 against the
+    baseline's 0.65. Standardized, a shift or a rescaling of the features is invisible to it.
     """
 
     num_classes: int

@@ -17,7 +17,10 @@ Formulations (`config.adversary.formulation`), as in METHODS.md section 2 [choic
   group, so each player keeps its own optimizer state; the adversary's half is its plain update.
 - `negated_ce`: the encoder term is `-min(CE, log K)` per example [choice: the clip at log K, the
   cross entropy of a uniform guess; pushing past it only makes the adversary confidently wrong, which
-  is information again, and unclipped it diverges].
+  is information again, and unclipped nothing bounds the term].
+
+Every adversary reads its features standardized over the batch (`AdversaryHead`, [choice]): without
+that, the encoder silenced the adversary instead of removing what it reads (docs/results/adversarial.md).
 """
 
 from __future__ import annotations

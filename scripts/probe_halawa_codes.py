@@ -13,34 +13,17 @@ from __future__ import annotations
 
 import os
 
-import jax
 import numpy as np
 from absl import app
 from ml_collections import config_flags
 
 from idfer_jax import eval as E
 from idfer_jax import methods
-from idfer_jax.data import pipeline
 from idfer_jax.train.crossval import fold_config
+from idfer_jax.train.evaluate import collect_outputs
 from idfer_jax.train.trainer import Trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "The run's config file.")
-
-
-def codes(trainer: Trainer, variables) -> dict[str, np.ndarray]:
-    apply = jax.jit(trainer.method.apply)
-    chunks: dict[str, list] = {}
-    batches = pipeline.eval_batches(trainer.dataset, trainer.dataset.test_indices,
-                                    global_batch_size=trainer.config.eval.batch_size)
-    for batch in batches:
-        out = jax.device_get(apply(variables, batch["image"]))
-        for key, value in (("z_e", out["features"]), ("z_n", out["nuisance_features"]),
-                           ("expression", batch["expression"]), ("subject", batch["subject"]),
-                           ("mask", batch["mask"])):
-            chunks.setdefault(key, []).append(np.asarray(value))
-    collected = {k: np.concatenate(v) for k, v in chunks.items()}
-    real = collected.pop("mask") > 0
-    return {k: v[real] for k, v in collected.items()}
 
 
 def main(argv):
@@ -55,12 +38,13 @@ def main(argv):
     for fold, run_dir in runs:
         trainer = Trainer(fold_config(config, fold), methods.build)
         _, variables = trainer.restore_variables(run_dir)
-        c = codes(trainer, variables)
+        c = collect_outputs(trainer, variables, trainer.dataset.test_indices,
+                            output_keys=("features", "nuisance_features"))
         train, test = E.split_within_subjects(c["subject"], seed=0)
         num_classes = len(trainer.dataset.spec.class_names)
         row = {"fold": fold, "chance": 1.0 / num_classes}
-        for key in ("z_e", "z_n"):
-            row[f"expression probe on {key}"] = E.linear_probe_accuracy(
+        for name, key in (("z_e", "features"), ("z_n", "nuisance_features")):
+            row[f"expression probe on {name}"] = E.linear_probe_accuracy(
                 c[key][train], c["expression"][train], c[key][test], c["expression"][test],
                 num_classes=num_classes)
         rows.append(row)

@@ -120,9 +120,9 @@ def encoder_loss(formulation: str, logits: jax.Array, labels: jax.Array,
 
 
 def init_heads(adversaries: Sequence[Adversary], rng: jax.Array, outputs: Mapping) -> dict:
-    """Parameters of every adversary head, sized on the model `outputs` it reads."""
+    """Parameters of every adversary head, sized on the model `outputs` it reads (arrays or shapes)."""
     rngs = jax.random.split(rng, max(1, len(adversaries)))
-    return {a.group: a.head().init(r, outputs[a.reads], train=False)["params"]
+    return {a.group: a.head().init(r, jnp.zeros(jnp.shape(outputs[a.reads]), jnp.float32))["params"]
             for a, r in zip(adversaries, rngs, strict=False)}
 
 
@@ -175,10 +175,15 @@ def player(adversaries: Sequence[Adversary], forward, optimizer: optax.GradientT
                   repeats=int(steps), updates_model_state=False)
 
 
+def settings(run_config) -> ml_collections.ConfigDict:
+    """The run's `config.adversary` block, or its defaults for a config made without one."""
+    return run_config.get("adversary") or config_defaults.adversary()
+
+
 def make_adversary_optimizer(run_config) -> optax.GradientTransformation:
     """The main optimizer's settings, at `config.adversary.learning_rate` where that is set."""
     opt = ml_collections.ConfigDict(run_config.optimizer.to_dict())
-    lr = float(run_config.adversary.get("learning_rate", 0.0))
+    lr = float(settings(run_config).get("learning_rate", 0.0))
     if lr > 0:
         opt.learning_rate = lr
     return make_optimizer(opt, run_config.train.num_steps)
@@ -186,7 +191,7 @@ def make_adversary_optimizer(run_config) -> optax.GradientTransformation:
 
 def from_config(run_config, data_spec: DataSpec, reads: str = "features") -> tuple[Adversary, ...]:
     """The identity and pose adversaries `config.adversary` switches on, reading `outputs[reads]`."""
-    c = run_config.get("adversary") or config_defaults.adversary()
+    c = settings(run_config)
     check_formulation(c.formulation)
     found: list[Adversary] = []
     if float(c.identity) > 0:

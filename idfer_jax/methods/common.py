@@ -104,8 +104,11 @@ def build_recipe(name: str, model: nn.Module, objective: Objective, config, data
             return init_with_loss_weights(model, weighting, rng, batch["image"])
         model_rng, heads_rng = jax.random.split(rng)
         variables = init_with_loss_weights(model, weighting, model_rng, batch["image"])
-        outputs = model.apply({**variables, "params": model_params(variables["params"])},
-                              batch["image"], train=False)
+        # Only the shapes of what the adversaries read: no forward pass at start-up.
+        outputs = jax.eval_shape(
+            lambda v: model.apply({**v, "params": model_params(v["params"])}, batch["image"], train=False),
+            variables,
+        )
         variables["params"] = {**variables["params"], **adv.init_heads(adversaries, heads_rng, outputs)}
         return variables
 
@@ -120,7 +123,7 @@ def build_recipe(name: str, model: nn.Module, objective: Objective, config, data
         groups = jax.eval_shape(init, jax.random.PRNGKey(0), sample)["params"]
         players = (
             adv.player(adversaries, adversary_forward, adv.make_adversary_optimizer(config),
-                       steps=(config.get("adversary") or {}).get("steps", 1)),
+                       steps=adv.settings(config).get("steps", 1)),
             Player("model", loss_fn, optimizer,
                    owns=tuple(k for k in groups if not k.startswith(adv.GROUP_PREFIX))),
         )

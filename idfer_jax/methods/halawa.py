@@ -27,7 +27,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
 
-from idfer_jax import config_defaults, losses
+from idfer_jax import losses
 from idfer_jax.data.pipeline import DataSpec
 from idfer_jax.methods import adversaries as adv
 from idfer_jax.methods import common
@@ -122,7 +122,7 @@ def reconstruction_target(images: jnp.ndarray, downsample: int) -> jnp.ndarray:
 def build(config, data_spec: DataSpec) -> Method:
     m = config.model
     model = build_model(config, data_spec)
-    adversary_config = config.get("adversary") or config_defaults.adversary()
+    adversary_config = adv.settings(config)
     expression_adversary = adv.Adversary(
         "expression", reads="nuisance_features", num_classes=data_spec.num_classes,
         labels=lambda batch: (batch["expression"], None), weight=float(m.adversary_weight),

@@ -30,8 +30,9 @@ from idfer_jax.train.trainer import BuildMethod, Trainer, to_global
 YAW_BANDS = ((0, 20), (20, 40), (40, 60))
 
 
-def collect_outputs(trainer: Trainer, variables: dict, indices: np.ndarray) -> dict[str, np.ndarray]:
-    """Logits, features and labels of `indices`, in order, with padding removed."""
+def collect_outputs(trainer: Trainer, variables: dict, indices: np.ndarray,
+                    output_keys: tuple[str, ...] = ("logits", "features")) -> dict[str, np.ndarray]:
+    """The method's `output_keys` and the labels of `indices`, in order, with padding removed."""
     apply = jax.jit(
         lambda v, images: trainer.method.apply(v, images),
         out_shardings=trainer.replicated,
@@ -44,7 +45,7 @@ def collect_outputs(trainer: Trainer, variables: dict, indices: np.ndarray) -> d
         labels = {k: batch[k] for k in (*keep, "mask")}
         if jax.process_count() > 1:
             labels = multihost_utils.process_allgather(labels, tiled=True)
-        for k, v in {"logits": outputs["logits"], "features": outputs["features"], **labels}.items():
+        for k, v in {**{k: outputs[k] for k in output_keys}, **labels}.items():
             chunks.setdefault(k, []).append(np.asarray(v))
     collected = {k: np.concatenate(v) for k, v in chunks.items()}
     real = collected.pop("mask") > 0

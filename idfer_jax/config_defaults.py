@@ -31,6 +31,7 @@ def data(**overrides) -> ml_collections.ConfigDict:
     c.crop_padding = 4
     c.flip = True
     c.with_neutral = False
+    c.partner = ""  # '' | other_expression | neutral: a same-subject partner image per training example
     c.worker_count = 0
     c.update(overrides)
     return c
@@ -40,8 +41,12 @@ def optimizer(**overrides) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.name = "adamw"  # adamw | adam (L2 added to the gradient) | sgd
     c.learning_rate = 2e-3
+    c.b1 = 0.9  # Adam's moment decays (GAN recipes use 0.5, 0.999)
+    c.b2 = 0.999
     c.weight_decay = 5e-4
-    c.schedule = "cosine"
+    c.schedule = "cosine"  # cosine | constant | milestones
+    c.milestones = ()  # schedule='milestones': fractions of the run where the rate is multiplied...
+    c.milestone_factor = 0.1  # ... by this
     c.warmup_steps = 100
     c.grad_clip = 1.0
     c.update(overrides)
@@ -122,7 +127,8 @@ def synthetic_run(method: str, model: ml_collections.ConfigDict, arg: str | None
         c.data.image_size = 48
         c.data.num_folds = 4
         c.data.crop_padding = 2
-        c.model.backbone = "resnet_tiny"
+        if "backbone" in c.model:  # the generative recipes size their own networks
+            c.model.backbone = "resnet_tiny"
         c.optimizer.warmup_steps = 10
         c.train.update(batch_size=32, num_steps=800, log_every=100, checkpoint_every=200)
         c.eval.batch_size = 64

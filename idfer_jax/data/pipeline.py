@@ -8,7 +8,8 @@ counts (FER test folds are small).
 
 Batches are dicts of numpy arrays with the keys `image` (NHWC float32 in [-1, 1]), `expression` (int32),
 `subject` (int32, -1 where the dataset has none) and, where the dataset has them, `yaw`, `pitch`, `roll`
-(float32 degrees) and `neutral_image`.
+(float32 degrees) and `neutral_image`. With `config.data.partner` set, each training example also carries a
+*partner* image of the same subject (`partner_image`, `partner_expression`, `partner_mask`): see `Partners`.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from idfer_jax.data.errors import DataError, ManualDataError  # noqa: F401
 
 # Flipping a face horizontally mirrors these angles.
 MIRRORED_POSE_KEYS = ("yaw", "roll")
-IMAGE_KEYS = ("image", "neutral_image")
+IMAGE_KEYS = ("image", "neutral_image", "partner_image")
+PARTNER_MODES = ("", "other_expression", "neutral")
 
 
 class Subset(grain.sources.RandomAccessDataSource):
@@ -52,7 +54,57 @@ class Subset(grain.sources.RandomAccessDataSource):
         return len(self._indices)
 
     def __getitem__(self, index: int):
-        return self._source[int(self._indices[index])]
+        record_index = int(self._indices[index])
+        # The record's position in the dataset travels with it, for transforms that look up its
+        # neighbours (`Partners`); `Decode` drops it.
+        return {**self._source[record_index], "_record": record_index}
+
+
+class Partners(grain.transforms.RandomMap):
+    """Pairs each training record with another image of the same subject, drawn anew every epoch.
+
+    - `other_expression`: a record of the subject with another expression (FERSNet's synthesis target,
+      METHODS.md section 3). A subject with a single expression among the training records is paired
+      with itself (`partner_mask` 0) [choice]: a recipe decides what an unpaired example is worth.
+    - `neutral`: a record of the subject labelled `neutral` (IPD-FER's real neutral target, e.g.
+      JAFFE's NE images); `partner_mask` is 0 where the subject has none in the training records.
+    Partners come from the training records only, so no test image is ever a target.
+    """
+
+    def __init__(self, source, labels: dict, train_indices: np.ndarray, mode: str,
+                 neutral_class: int | None):
+        if mode not in PARTNER_MODES[1:]:
+            raise DataError(f"Unknown data.partner {mode!r}; use one of {PARTNER_MODES}.")
+        if mode == "neutral" and neutral_class is None:
+            raise DataError(
+                "data.partner='neutral' needs a 'neutral' class among data.class_names; this run's "
+                "classes have none. Add it, or use data.with_neutral on a dataset with neutral renders."
+            )
+        self._source = source
+        subjects = labels["subject"]
+        expressions = labels["expression"]
+        train = np.asarray(train_indices)
+        if (subjects[train] < 0).any():
+            raise DataError("data.partner needs subject ids, and this dataset has none.")
+        self._candidates: dict[int, np.ndarray] = {}
+        by_subject = {s: train[subjects[train] == s] for s in np.unique(subjects[train])}
+        for i in train:
+            same = by_subject[subjects[i]]
+            if mode == "other_expression":
+                self._candidates[int(i)] = same[expressions[same] != expressions[i]]
+            else:
+                self._candidates[int(i)] = same[expressions[same] == neutral_class]
+
+    def random_map(self, record, rng: np.random.Generator):
+        index = int(record["_record"])
+        candidates = self._candidates[index]
+        if len(candidates):
+            partner_index, mask = int(candidates[rng.integers(len(candidates))]), 1.0
+            partner = self._source[partner_index]
+        else:
+            partner_index, mask, partner = index, 0.0, record
+        return {**record, "_partner": {"image": partner["image"], "expression": partner["expression"],
+                                       "mask": mask, "record": partner_index}}
 
 
 def to_model_input(image: np.ndarray) -> np.ndarray:
@@ -80,6 +132,11 @@ class Decode(grain.transforms.Map):
             example[k] = np.float32(record[k])
         if self._with_neutral:
             example["neutral_image"] = to_model_input(record["neutral_image"])
+        if "_partner" in record:
+            partner = record["_partner"]
+            example["partner_image"] = to_model_input(partner["image"])
+            example["partner_expression"] = np.int32(partner["expression"])
+            example["partner_mask"] = np.float32(partner["mask"])
         return example
 
 
@@ -126,6 +183,11 @@ def train_loader(
             f"batch_size={global_batch_size} is not divisible by the {process_count} processes."
         )
     source = Subset(dataset.source, dataset.train_indices, dataset.fold_file["dataset"])
+    pairing = []
+    if data_config.get("partner"):
+        names = list(dataset.spec.class_names)
+        pairing = [Partners(dataset.source, dataset.labels, dataset.train_indices, data_config.partner,
+                            names.index("neutral") if "neutral" in names else None)]
     return grain.DataLoader(
         data_source=source,
         sampler=grain.samplers.IndexSampler(
@@ -136,6 +198,7 @@ def train_loader(
             shard_options=grain.sharding.ShardByJaxProcess(drop_remainder=True),
         ),
         operations=[
+            *pairing,
             Decode(dataset.spec.pose_keys, dataset.spec.has_neutral and data_config.with_neutral),
             Augment(data_config.crop_padding, data_config.flip),
             grain.transforms.Batch(global_batch_size // process_count, drop_remainder=True),

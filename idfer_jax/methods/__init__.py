@@ -13,6 +13,8 @@ METHODS = {
     "idennet": "idfer_jax.methods.idennet",
     "phanet": "idfer_jax.methods.phanet",
     "halawa": "idfer_jax.methods.halawa",
+    "fersnet": "idfer_jax.methods.fersnet",
+    "ipdfer": "idfer_jax.methods.ipdfer",
 }
 
 

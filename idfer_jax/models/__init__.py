@@ -1,7 +1,10 @@
 """Flax linen modules: backbones, heads, fusion, attention, decoders. Knows nothing of losses or training."""
 
 from idfer_jax.models.attention import ScaleAttention, SpatialAttentionPool
+from idfer_jax.models.convflu import ConvFLU
 from idfer_jax.models.decoder import ImageDecoder
+from idfer_jax.models.discriminator import PatchDiscriminator
+from idfer_jax.models.fersnet import FERSNet
 from idfer_jax.models.fusion import FUSION_OPS, SpatialFusion
 from idfer_jax.models.heads import ClassifierHead
 from idfer_jax.models.resnet import (
@@ -25,7 +28,10 @@ __all__ = [
     "BasicBlock",
     "BottleneckBlock",
     "ClassifierHead",
+    "ConvFLU",
+    "FERSNet",
     "ImageDecoder",
+    "PatchDiscriminator",
     "ResNet",
     "ScaleAttention",
     "SpatialAttentionPool",

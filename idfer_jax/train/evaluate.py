@@ -11,6 +11,11 @@ Uses the last checkpoint (never a checkpoint picked on the test fold). Writes:
   (N, h, w) map per scale): one held-out face per class with each scale's map overlaid;
 - `reconstructions.png` where the method reconstructs its input (`outputs['reconstruction']`): one
   held-out face per class above its reconstruction;
+- for generative recipes (`Method.generators`): `expression_transfer.png` (held-out faces, columns, drawn
+  with every target expression, rows) and `neutralisation.png` (held-out faces, their generated neutral
+  faces and the true neutral face where known), with two numbers over the whole held-out fold: the L1
+  between generated and true neutral faces (where the data has them) and the identity network's cosine
+  similarity between each face and its generated neutral face;
 - `eval_results.json` with every number, and `report.md` for people.
 """
 
@@ -20,6 +25,7 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
@@ -136,16 +142,25 @@ def evaluate(config, workdir: str, build_method: BuildMethod, devices=None) -> d
             results["attention_figure"] = "attention_maps.png"
         if write_reconstruction_figure(examples, outputs, workdir, spec.class_names):
             results["reconstruction_figure"] = "reconstructions.png"
+        results.update(write_generation_figures(trainer, jax.device_get(variables), examples, workdir))
+    if "neutralise" in trainer.method.generators:
+        results["neutralisation"] = neutralisation_metrics(trainer, variables, trainer.dataset.test_indices)
+    if jax.process_index() == 0:
         write_outputs(workdir, results)
     return results
 
 
-def held_out_examples(trainer: Trainer, num_classes: int, limit: int = 8) -> dict:
-    """One held-out example per class (the first of each), at most `limit`, for figures."""
+def held_out_indices(trainer: Trainer, num_classes: int, limit: int = 8) -> list[int]:
+    """One held-out record per class (the first of each), at most `limit`, for figures."""
     test = trainer.dataset.test_indices
     expressions = trainer.dataset.labels["expression"][test]
     picked = [test[np.argmax(expressions == k)] for k in range(num_classes) if (expressions == k).any()]
-    return pipeline.load_examples(trainer.dataset, picked[:limit])
+    return picked[:limit]
+
+
+def held_out_examples(trainer: Trainer, num_classes: int, limit: int = 8) -> dict:
+    """One held-out example per class (the first of each), at most `limit`, for figures."""
+    return pipeline.load_examples(trainer.dataset, held_out_indices(trainer, num_classes, limit))
 
 
 def _true_and_predicted(examples: dict, outputs: dict, class_names) -> list[str]:
@@ -179,6 +194,95 @@ def write_reconstruction_figure(examples: dict, outputs: dict, workdir: str, cla
         title="Held-out faces and their reconstructions (true -> predicted expression)",
     )
     return True
+
+
+def true_neutral_faces(trainer: Trainer, examples: dict, indices) -> tuple[np.ndarray | None, str]:
+    """The true neutral face of each example: the dataset's own neutral render where it has one, else
+    the first image labelled `neutral` of the same subject (any split: it is only drawn); None if none."""
+    dataset = trainer.dataset
+    if dataset.spec.has_neutral:
+        return pipeline.load_examples(dataset, indices, with_neutral=True)["neutral_image"], "true neutral"
+    names = list(dataset.spec.class_names)
+    if "neutral" not in names:
+        return None, ""
+    labels = dataset.labels
+    faces = []
+    for subject in examples["subject"]:
+        neutral = labels["expression"] == names.index("neutral")
+        same = np.flatnonzero((labels["subject"] == subject) & neutral)
+        faces.append(pipeline.load_examples(dataset, same[:1])["image"][0] if len(same)
+                     else np.full(examples["image"].shape[1:], -1.0, np.float32))
+    return np.stack(faces), "a real neutral image (black: none)"
+
+
+def write_generation_figures(trainer: Trainer, variables: dict, examples: dict, workdir: str) -> dict:
+    """Expression-transfer and neutralisation grids for generative recipes; {} for the others."""
+    generators = trainer.method.generators
+    names = trainer.dataset.spec.class_names
+    labels = [names[k] for k in examples["expression"]]
+    written = {}
+    if "transfer" in generators:
+        transfer = jax.jit(generators["transfer"])
+        rows = {}
+        for k, name in enumerate(names):
+            target = np.zeros((len(examples["image"]), len(names)), np.float32)
+            target[:, k] = 1.0
+            rows[f"-> {name}"] = np.asarray(transfer(variables, examples["image"], target))
+        E.plot_reconstructions(examples["image"], rows, os.path.join(workdir, "expression_transfer.png"),
+                               labels=labels, title="Held-out faces (columns) drawn with each target "
+                               "expression (rows)")
+        written["transfer_figure"] = "expression_transfer.png"
+    if "neutralise" in generators:
+        neutral = np.asarray(jax.jit(generators["neutralise"])(variables, examples["image"]))
+        rows = {"generated neutral": neutral}
+        picked = held_out_indices(trainer, len(names))
+        true, label = true_neutral_faces(trainer, examples, picked)
+        if true is not None:
+            rows[label] = true
+        E.plot_reconstructions(examples["image"], rows, os.path.join(workdir, "neutralisation.png"),
+                               labels=labels, title="Held-out faces, their generated neutral faces and the "
+                               "true ones")
+        written["neutralisation_figure"] = "neutralisation.png"
+    return written
+
+
+def neutralisation_metrics(trainer: Trainer, variables: dict, indices: np.ndarray) -> dict:
+    """Over every image of `indices`: mean L1 between the generated and the true neutral face (where
+    the dataset renders one), and the identity network's cosine similarity between each face and its
+    generated neutral face (1 = the same person to the identity network)."""
+    generators = trainer.method.generators
+    with_neutral = trainer.dataset.spec.has_neutral
+
+    def measure(v, images, true_neutral):
+        neutral = generators["neutralise"](v, images)
+        out = {"l1": jnp.mean(jnp.abs(neutral - true_neutral), axis=(1, 2, 3))}
+        if "embed_identity" in generators:
+            a, b = generators["embed_identity"](v, images), generators["embed_identity"](v, neutral)
+            out["cosine"] = jnp.sum(a * b, -1) / (jnp.linalg.norm(a, axis=-1) * jnp.linalg.norm(b, axis=-1))
+        return out
+
+    measure = jax.jit(measure, out_shardings=trainer.replicated)
+    sums: dict[str, float] = {}
+    count = 0.0
+    batches = pipeline.eval_batches(trainer.dataset, indices, with_neutral=with_neutral,
+                                    global_batch_size=trainer.config.eval.batch_size)
+    for batch in batches:
+        arrays = {"image": batch["image"], "neutral": batch.get("neutral_image", batch["image"])}
+        arrays = to_global(arrays, trainer.batch_sharding)
+        mask = batch["mask"]
+        if jax.process_count() > 1:
+            mask = multihost_utils.process_allgather(mask, tiled=True)
+        values = jax.device_get(measure(variables, arrays["image"], arrays["neutral"]))
+        for k, v in values.items():
+            sums[k] = sums.get(k, 0.0) + float(np.sum(np.asarray(v) * mask))
+        count += float(np.sum(mask))
+    result = {}
+    if with_neutral:
+        result["neutral_l1"] = sums["l1"] / count
+    if "cosine" in sums:
+        result["identity_cosine_input_vs_neutral"] = sums["cosine"] / count
+    result["num_images"] = int(count)
+    return result
 
 
 def protocol_sentence(results: dict) -> str:
@@ -233,6 +337,17 @@ def write_outputs(workdir: str, results: dict) -> None:
     if results.get("reconstruction_figure"):
         sections.append(("Reconstructions", "One held-out face per class above the decoder's "
                          "reconstruction of it from the codes.\n\n![reconstructions](reconstructions.png)"))
+    if results.get("neutralisation"):
+        sections.append(("Neutralisation", E.markdown_table([results["neutralisation"]]) + "\n\n"
+                         "`neutral_l1`: generated vs true neutral face, images in [-1, 1] (lower is "
+                         "better); `identity_cosine_input_vs_neutral`: the frozen identity network's cosine "
+                         "similarity between each face and its generated neutral face (higher keeps the "
+                         "person)."))
+    if results.get("neutralisation_figure"):
+        sections.append(("Generated neutral faces", "![neutralisation](neutralisation.png)"))
+    if results.get("transfer_figure"):
+        sections.append(("Expression transfer", "Held-out faces (columns) drawn with each target "
+                         "expression (rows).\n\n![expression transfer](expression_transfer.png)"))
     if results.get("accuracy_by_abs_yaw"):
         rows = [{"|yaw| band (deg)": k, "accuracy": v}
                 for k, v in results["accuracy_by_abs_yaw"].items()]

@@ -11,6 +11,13 @@ code, so the trainer never does it.
     trainable collections (batch statistics); `metrics` is a flat dict of scalars for the logs.
 `apply(variables, images) -> {'logits': ..., 'features': ...}`
     inference without side effects; `features` are the expression features that leakage probes read.
+`frozen_variables() -> {collection: pytree}` (optional)
+    pretrained weights no player trains (a frozen face-recognition network): the trainer puts them in
+    the model state after `init`, outside `jit`, so a large network is never a compiled constant.
+`generators` (optional) name -> pure function, for the figures and numbers of generative recipes:
+    `'transfer': (variables, images, target_onehot) -> images` (expression transfer),
+    `'neutralise': (variables, images) -> images` (the same face, neutral),
+    `'embed_identity': (variables, images) -> L2-normalised identity embeddings`.
 """
 
 from __future__ import annotations
@@ -36,6 +43,10 @@ class Player:
     owns: tuple[str, ...] | None = None  # top-level param keys; None = every group
     repeats: int = 1  # sub-updates per train step (e.g. 3 discriminator steps per generator step)
     updates_model_state: bool = True  # whether its forward pass's batch statistics are kept
+    # (params, model_state, batch, rng, step) -> extra batch entries, computed once before the
+    # `repeats` sub-updates: a discriminator's several steps on *one* batch of fakes (FERSNet's code)
+    # without running the generator again for each.
+    prepare: LossFn | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +59,8 @@ class Method:
     apply: Callable[[dict, jax.Array], dict]
     batch_keys: tuple[str, ...] = ("image", "expression")  # what loss_fn reads from the batch
     description: str = ""
+    frozen_variables: Callable[[], dict] | None = None
+    generators: Mapping[str, Callable] = dataclasses.field(default_factory=dict)
 
     def player(self, name: str) -> Player:
         for p in self.players:

@@ -29,8 +29,19 @@ def learning_rate_schedule(config, total_steps: int) -> optax.Schedule:
         main = optax.constant_schedule(lr)
     elif kind == "cosine":
         main = optax.cosine_decay_schedule(lr, max(1, total_steps - warmup))
+    elif kind == "milestones":
+        # Step decay at fractions of the run, e.g. FERSNet's code: x0.1 at epochs 150 and 400 of 500
+        # -> milestones (0.3, 0.8). Fractions, so the schedule keeps its shape at any step budget.
+        fractions = tuple(float(f) for f in config.get("milestones", ()))
+        if any(not 0.0 < f < 1.0 for f in fractions):
+            raise ValueError(f"optimizer.milestones must be fractions of the run in (0, 1); got {fractions}.")
+        factor = float(config.get("milestone_factor", 0.1))
+        boundaries = {max(1, round(f * total_steps) - warmup): factor for f in fractions}
+        main = optax.piecewise_constant_schedule(lr, boundaries)
     else:
-        raise ValueError(f"Unknown optimizer.schedule {kind!r}; use 'cosine' or 'constant'.")
+        raise ValueError(
+            f"Unknown optimizer.schedule {kind!r}; use 'cosine', 'constant' or 'milestones'."
+        )
     if warmup <= 0:
         return main
     return optax.join_schedules(

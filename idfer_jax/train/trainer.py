@@ -86,13 +86,19 @@ def make_train_step(method: Method) -> Callable[[TrainState, dict], tuple[TrainS
         opt_states = dict(state.opt_states)
         metrics: dict[str, jax.Array] = {}
         for i, player in enumerate(method.players):
+            player_batch = batch
+            if player.prepare is not None:
+                extra = player.prepare(params, model_state, batch, jax.random.fold_in(rng, i * 1000 + 999),
+                                       state.step)
+                player_batch = {**batch, **jax.lax.stop_gradient(extra)}
             for r in range(player.repeats):
                 sub_rng = jax.random.fold_in(rng, i * 1000 + r)
                 own = owned(params, player)
                 rest = {k: v for k, v in params.items() if k not in own}
 
-                def loss_of_own(own_params, rest=rest, sub_rng=sub_rng, player=player, ms=model_state):
-                    return player.loss_fn({**rest, **own_params}, ms, batch, sub_rng, state.step)
+                def loss_of_own(own_params, rest=rest, sub_rng=sub_rng, player=player, ms=model_state,
+                                player_batch=player_batch):
+                    return player.loss_fn({**rest, **own_params}, ms, player_batch, sub_rng, state.step)
 
                 (loss, (new_model_state, aux)), grads = jax.value_and_grad(
                     loss_of_own, has_aux=True
@@ -153,6 +159,9 @@ class Trainer:
             batch[k] = jnp.zeros((2,), jnp.float32)
         if self.dataset.spec.has_neutral and self.config.data.with_neutral:
             batch["neutral_image"] = batch["image"]
+        if self.config.data.get("partner"):
+            batch.update(partner_image=batch["image"], partner_expression=batch["expression"],
+                         partner_mask=jnp.zeros((2,), jnp.float32))
         return batch
 
     def initial_state(self) -> TrainState:
@@ -161,7 +170,12 @@ class Trainer:
             lambda r: init_state(self.method, r, self.sample_batch()),
             out_shardings=self.replicated,
         )
-        return init(rng)
+        state = init(rng)
+        if self.method.frozen_variables is not None:
+            frozen = jax.device_put(self.method.frozen_variables(), self.replicated)
+            _check_frozen(state.model_state, frozen)
+            state = state.replace(model_state={**state.model_state, **frozen})
+        return state
 
     def abstract_state(self) -> TrainState:
         shapes = jax.eval_shape(
@@ -262,6 +276,18 @@ class Trainer:
             last_metrics=last_metrics,
             spec=self.dataset.spec,
         )
+
+
+def _check_frozen(model_state: dict, frozen: dict) -> None:
+    """The loaded weights must have exactly the shapes the method's init made."""
+    for name, tree in frozen.items():
+        expected = jax.tree.map(lambda x: (x.shape, x.dtype), model_state.get(name))
+        got = jax.tree.map(lambda x: (x.shape, x.dtype), tree)
+        if expected != got:
+            raise ValueError(
+                f"The frozen weights {name!r} do not fit the model: the checkpoint holds another "
+                "network or another size. Re-run the converter, or check the identity-network config."
+            )
 
 
 def _mean(metrics: list[dict]) -> dict[str, float]:

@@ -1,0 +1,169 @@
+"""Selective feature sharing FER + expression synthesis: FERSNet (Zhao et al., ICPR 2020, arXiv 2007.04514).
+
+[paper] A multi-task network for expression recognition (FER) and expression synthesis (FES) transfers
+useful features between the tasks and filters harmful ones; synthesis also enlarges and balances the
+training set. [code] The authors' released code is the ground truth here (it differs from the
+conference figure); METHODS.md section 3 has the details:
+- `models.FERSNet`: a shared stem, a FER branch (BatchNorm) and a FES branch (InstanceNorm) of ResNet
+  stages exchanging features through ConvFLU pairs after every stage, a joint block whose halves feed
+  the classifier and a conditional U-Net decoder (AdaIN-like transform of the target expression, noise
+  injection); `models.PatchDiscriminator` conditioned on the expression, LSGAN.
+- Each source x (label y_s) is paired with a target x_t of the *same subject* with another expression
+  y_t (`data.partner='other_expression'`; the pipeline gives both the same crop and flip).
+  Discriminator: `0.5 [(D(x_t, y_t) - 1)^2 + D(G(x, y_t), y_t)^2]`, `discriminator_steps` (3) updates on
+  one batch of fakes. Generator and classifier: `CE(logits(x), y_s) + L1(x_syn, x_t)
+  + 0.05 MSE(idnet(x_syn), idnet(x_t)) + 0.3 (D(x_syn, y_t) - 1)^2 + 0.5 MSE(G(x_syn, y_s), x)`; the
+  classifier learns from real images only.
+- Adam lr 1e-4, betas (0.5, 0.999), L2 5e-4 added to the gradient (not AdamW), lr x0.1 at epochs 150
+  and 400 of 500: `optimizer.schedule='milestones'`, `milestones=(0.3, 0.8)` of the run. The code picks
+  the best epoch on the test fold; this library reports the last step.
+
+[choice] idnet is the library's frozen identity network (`model.identity`; the code uses LightCNN-9
+conv features on grey images): the MSE is between L2-normalised embeddings. [choice] Without noise at
+evaluation, so transfer grids are deterministic. [choice] Synthesis-to-balance as a second stage
+(`synthesise_to_balance`): G draws every training subject's missing and minority expressions, which
+join the real images to fine-tune the classifier (`model.balance_steps`).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from idfer_jax import config_defaults, losses
+from idfer_jax.data.pipeline import DataSpec
+from idfer_jax.methods import common
+from idfer_jax.methods import generative as gen
+from idfer_jax.models import FERSNet, PatchDiscriminator
+from idfer_jax.train.interface import Method, Player
+from idfer_jax.train.optim import make_optimizer
+
+LOSS_WEIGHTS = ("expression", "synthesis", "identity", "adversarial", "cycle")
+
+
+def model_config(**overrides) -> ml_collections.ConfigDict:
+    """The `config.model` block of FERSNet; defaults are the code's at 96 px."""
+    c = ml_collections.ConfigDict()
+    c.stem_width = 64
+    c.widths = (128, 256, 512)  # exchange stages; the joint block is 2 x 512
+    c.blocks_per_stage = 1
+    c.pooled_reset_gate = False  # the earlier ConvFLU: one reset gate per channel, from pooled maps
+    c.noise = True  # noise injection in the decoder's AdaIN-like transform
+    c.discriminator_widths = (64, 128, 256, 512)
+    c.discriminator_steps = 3
+    c.identity = gen.identity_config()
+    c.loss_weights = ml_collections.ConfigDict(dict(
+        expression=1.0, synthesis=1.0, identity=0.05, adversarial=0.3, cycle=0.5))
+    c.balance_steps = 0  # synthesis-to-balance fine-tuning steps after training; 0 = off
+    c.update(overrides)
+    return c
+
+
+def optimizer_config(**overrides) -> ml_collections.ConfigDict:
+    """[code] Adam 1e-4, betas (0.5, 0.999), L2 5e-4 in the gradient, x0.1 at 30% and 80% of the run."""
+    return config_defaults.optimizer(**{
+        "name": "adam", "learning_rate": 1e-4, "b1": 0.5, "b2": 0.999, "weight_decay": 5e-4,
+        "schedule": "milestones", "milestones": (0.3, 0.8), "milestone_factor": 0.1, "warmup_steps": 0,
+        "grad_clip": 0.0, **overrides})
+
+
+def build_model(config, data_spec: DataSpec) -> FERSNet:
+    m = config.model
+    return FERSNet(num_classes=data_spec.num_classes, image_shape=tuple(data_spec.image_shape),
+                   widths=tuple(m.widths), stem_width=int(m.stem_width),
+                   blocks_per_stage=int(m.blocks_per_stage), pooled_reset_gate=bool(m.pooled_reset_gate),
+                   noise=bool(m.noise), dtype=jnp.dtype(config.dtype))
+
+
+def build(config, data_spec: DataSpec) -> Method:
+    m = config.model
+    unknown = set(m.loss_weights) - set(LOSS_WEIGHTS)
+    if unknown:
+        raise ValueError(f"Unknown FERSNet loss weights {sorted(unknown)}; known: {LOSS_WEIGHTS}.")
+    if config.data.get("partner") != "other_expression":
+        raise ValueError(
+            "FERSNet learns to synthesise a target face of the same subject with another expression: set "
+            "--config.data.partner=other_expression (the fersnet_* configs do)."
+        )
+    w = {k: float(m.loss_weights[k]) for k in LOSS_WEIGHTS}
+    num_classes = data_spec.num_classes
+    model = build_model(config, data_spec)
+    identity_net = gen.identity_network(config)
+    discriminator = PatchDiscriminator(num_classes=num_classes, widths=tuple(m.discriminator_widths))
+
+    def onehot(labels):
+        return jax.nn.one_hot(labels, num_classes)
+
+    def generator_loss(params, model_state, batch, rng, step):
+        del step
+        x, x_t = batch["image"], batch["partner_image"]
+        y_s, y_t = batch["expression"], batch["partner_expression"]
+        forward_rng, cycle_rng = jax.random.split(rng)
+        outputs, state = gen.apply_model(model, params, model_state, x, onehot(y_t), train=True,
+                                         rng=forward_rng)
+        synthesis = outputs["synthesis"]
+        # The way back, G(x_syn, y_s): its logits are not used, so the classifier learns from real
+        # images only, and its batch-statistics updates are dropped, so the running averages that
+        # evaluation uses come from real faces only.
+        cycled, _ = gen.apply_model(model, params, state, synthesis, onehot(y_s), train=True,
+                                    rng=cycle_rng)
+        terms = {
+            "expression": losses.softmax_cross_entropy(outputs["logits"], y_s),
+            "synthesis": losses.l1_loss(synthesis, x_t),
+            "identity": losses.mse_loss(gen.embed_identity(identity_net, model_state, synthesis),
+                                        gen.embed_identity(identity_net, model_state, x_t)),
+            "adversarial": gen.generator_adversarial_loss(discriminator, params, synthesis, onehot(y_t)),
+            "cycle": losses.mse_loss(cycled["synthesis"], x),
+        }
+        loss = sum(w[k] * v for k, v in terms.items() if w[k] > 0)
+        metrics = {f"{k}_loss": v for k, v in terms.items()}
+        metrics["accuracy"] = common.accuracy(outputs["logits"], y_s)
+        metrics["paired"] = jnp.mean(batch["partner_mask"])
+        return loss, (state, metrics)
+
+    def gan_examples(params, model_state, batch, rng, step):
+        del step
+        target = onehot(batch["partner_expression"])
+        outputs, _ = gen.apply_model(model, params, model_state, batch["image"], target, train=True, rng=rng)
+        return {"real": batch["partner_image"], "real_condition": target,
+                "fake": outputs["synthesis"], "fake_condition": target}
+
+    def init(rng, batch):
+        model_rng, id_rng, d_rng = jax.random.split(rng, 3)
+        images = batch["image"]
+        target = jnp.zeros((images.shape[0], num_classes), jnp.float32)
+        variables = dict(model.init({"params": model_rng, "noise": model_rng}, images, target, train=False))
+        variables["params"] = {**variables["params"],
+                               gen.DISCRIMINATOR: discriminator.init(d_rng, images, target)["params"]}
+        return {**variables, **gen.init_identity(identity_net, id_rng, images)}
+
+    def split(variables):
+        return variables["params"], {k: v for k, v in variables.items() if k != "params"}
+
+    def apply(variables, images):
+        params, state = split(variables)
+        return gen.apply_model(model, params, state, images, train=False, decode=False)
+
+    def transfer(variables, images, target_onehot):
+        params, state = split(variables)
+        return gen.apply_model(model, params, state, images, target_onehot, train=False)["synthesis"]
+
+    def embed(variables, images):
+        return gen.embed_identity(identity_net, variables, images)
+
+    sample = {"image": jnp.zeros((2, *data_spec.image_shape), jnp.float32)}
+    groups = jax.eval_shape(init, jax.random.PRNGKey(0), sample)["params"]
+    num_steps = config.train.num_steps
+    players = (
+        gen.discriminator_player(discriminator, gan_examples, make_optimizer(config.optimizer, num_steps),
+                                 m.discriminator_steps),
+        Player("generator", generator_loss, make_optimizer(config.optimizer, num_steps),
+               owns=tuple(k for k in groups if k != gen.DISCRIMINATOR)),
+    )
+    return Method(
+        name="fersnet", init=init, players=players, apply=apply,
+        batch_keys=("image", "expression", "partner_image", "partner_expression", "partner_mask"),
+        description=__doc__, frozen_variables=gen.identity_loader(config),
+        generators={"transfer": transfer, "embed_identity": embed},
+    )

@@ -1,0 +1,240 @@
+"""The generative recipes (FERSNet, IPD-FER): same-subject partners, a frozen identity network that
+never moves yet passes gradients to the generated faces, a discriminator that is its own player, each
+recipe learning in a short run, and 8 devices matching 1."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from idfer_jax import api, methods
+from idfer_jax.data import pipeline
+from idfer_jax.methods import generative as gen
+from idfer_jax.train.trainer import init_state, make_train_step
+from tests.conftest import REPO, subprocess_env
+from tests.test_recipes import CLASSES, TRAIN_SUBJECTS, changed, fake_batch
+
+FERSNET_SMOKE = str(REPO / "configs" / "fersnet_synthetic.py") + ":smoke"
+IPDFER_SMOKE = str(REPO / "configs" / "ipdfer_synthetic.py") + ":smoke"
+
+
+def fake_spec(has_neutral: bool = True) -> pipeline.DataSpec:
+    return pipeline.DataSpec(image_shape=(32, 32, 3), class_names=CLASSES, train_subjects=TRAIN_SUBJECTS,
+                             pose_keys=("yaw",), has_neutral=has_neutral)
+
+
+def generative_batch(n: int = 8) -> dict:
+    batch = fake_batch(n)
+    rng = np.random.default_rng(1)
+    batch.update(
+        neutral_image=jnp.asarray(rng.uniform(-1, 1, (n, 32, 32, 3)), jnp.float32),
+        partner_image=jnp.asarray(rng.uniform(-1, 1, (n, 32, 32, 3)), jnp.float32),
+        partner_expression=(batch["expression"] + 1) % len(CLASSES),
+        partner_mask=jnp.ones((n,), jnp.float32),
+    )
+    return batch
+
+
+def tiny(spec_path: str):
+    """The smoke config with the smallest networks: these tests check wiring, not learning."""
+    config = api.load_config(spec_path)
+    config.model.update(discriminator_steps=2, discriminator_widths=(8, 16))
+    if config.method == "ipdfer":
+        config.model.update(decoder_widths=(16, 8), code_dim=32)
+    else:
+        config.model.update(stem_width=8, widths=(8, 16))
+    return config
+
+
+@pytest.fixture(scope="module", params=[FERSNET_SMOKE, IPDFER_SMOKE], ids=["fersnet", "ipdfer"])
+def built(request):
+    method = methods.build(tiny(request.param), fake_spec())
+    batch = generative_batch()
+    state = jax.jit(lambda rng: init_state(method, rng, batch))(jax.random.PRNGKey(0))
+    return method, state, batch
+
+
+def test_players_own_disjoint_groups_and_the_identity_network_is_no_players(built):
+    method, state, batch = built
+    assert [p.name for p in method.players] == [gen.DISCRIMINATOR, "generator"]
+    assert method.player(gen.DISCRIMINATOR).owns == (gen.DISCRIMINATOR,)
+    assert gen.DISCRIMINATOR not in method.player("generator").owns
+    assert set(method.player("generator").owns) | {gen.DISCRIMINATOR} == set(state.params)
+    assert gen.IDENTITY_COLLECTION in state.model_state and gen.IDENTITY_COLLECTION not in state.params
+
+    new_state, metrics = jax.jit(make_train_step(method))(state, batch)
+    metrics = jax.device_get(metrics)
+    assert all(np.isfinite(v) for v in metrics.values()), metrics
+    frozen = gen.IDENTITY_COLLECTION
+    assert not changed(state.model_state[frozen], new_state.model_state[frozen])
+    for group in state.params:
+        assert changed(state.params[group], new_state.params[group]), group
+
+    # The discriminator's sub-updates leave every generator group and the batch statistics alone. Its
+    # player is one function for both recipes (`generative.discriminator_player`): one compile is enough.
+    if method.name != "ipdfer":
+        return
+    only_d = dataclasses.replace(method, players=(method.player(gen.DISCRIMINATOR),))
+    after_d, _ = jax.jit(make_train_step(only_d))(state, batch)
+    for group in method.player("generator").owns:
+        assert not changed(state.params[group], after_d.params[group]), group
+    assert not changed(state.model_state, after_d.model_state)
+
+
+def test_gradients_flow_through_the_frozen_identity_network_to_the_generated_face(built):
+    method, state, batch = built
+    generator = method.player("generator")
+    own = {k: state.params[k] for k in generator.owns}
+
+    def loss_of(own_params, model_state):
+        loss, (_, metrics) = generator.loss_fn({**state.params, **own_params}, model_state, batch,
+                                               jax.random.PRNGKey(1), state.step)
+        return metrics["identity_loss"]
+
+    grads = jax.jit(jax.grad(loss_of))(own, state.model_state)
+    # The identity term reaches the generator (through the frozen network and the generated face)...
+    assert any(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(grads)), "no gradient"
+    # ... while the network's own weights are model state: the trainer never differentiates them.
+    frozen_grads = jax.jit(jax.grad(lambda ms: loss_of(own, ms)))(state.model_state)[gen.IDENTITY_COLLECTION]
+    assert any(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(frozen_grads))  # it is on the path
+    assert not any(gen.IDENTITY_COLLECTION in str(path) for path, _ in jax.tree_util.tree_leaves_with_path(
+        state.opt_states))
+
+
+def test_frozen_weights_are_loaded_after_init_and_shape_checked(smoke_data_dir):
+    from idfer_jax.train.trainer import Trainer
+
+    config = tiny(IPDFER_SMOKE)
+    config.data.data_dir = smoke_data_dir
+    marker = {}
+
+    def build(cfg, spec):
+        method = methods.build(cfg, spec)
+
+        def load():
+            sample = {"image": jnp.zeros((2, *spec.image_shape))}
+            shapes = jax.eval_shape(method.init, jax.random.PRNGKey(0), sample)[gen.IDENTITY_COLLECTION]
+            marker["ones"] = jax.tree.map(lambda s: jnp.ones(s.shape, s.dtype), shapes)
+            return {gen.IDENTITY_COLLECTION: marker["ones"]}
+
+        return dataclasses.replace(method, frozen_variables=load)
+
+    state = Trainer(config, build).initial_state()
+    assert not changed(jax.device_get(state.model_state[gen.IDENTITY_COLLECTION]), marker["ones"])
+
+    def wrong(cfg, spec):
+        return dataclasses.replace(methods.build(cfg, spec), frozen_variables=lambda: {
+            gen.IDENTITY_COLLECTION: {"conv": jnp.ones((3,))}})
+
+    with pytest.raises(ValueError, match="do not fit"):
+        Trainer(config, wrong).initial_state()
+
+
+def test_partners_are_the_same_subject_with_another_expression_or_neutral(smoke_data_dir):
+    config = api.load_config(FERSNET_SMOKE)
+    config.data.data_dir = smoke_data_dir
+    dataset = pipeline.open_dataset(config.data)
+    labels = dataset.labels
+    source = pipeline.Subset(dataset.source, dataset.train_indices, "smoke")
+    for mode in ("other_expression", "neutral"):
+        partners = pipeline.Partners(dataset.source, labels, dataset.train_indices, mode, neutral_class=0)
+        rng = np.random.default_rng(0)
+        for i in range(0, len(source), max(1, len(source) // 40)):
+            record = source[i]
+            partner = partners.random_map(record, rng)["_partner"]
+            j, k = record["_record"], partner["record"]
+            assert labels["subject"][k] == labels["subject"][j]
+            assert k in set(dataset.train_indices)  # never a test image
+            if partner["mask"]:
+                if mode == "other_expression":
+                    assert labels["expression"][k] != labels["expression"][j]
+                else:
+                    assert labels["expression"][k] == 0
+    with pytest.raises(pipeline.DataError, match="neutral"):
+        pipeline.Partners(dataset.source, labels, dataset.train_indices, "neutral", neutral_class=None)
+    with pytest.raises(pipeline.DataError, match="Unknown data.partner"):
+        pipeline.Partners(dataset.source, labels, dataset.train_indices, "twin", neutral_class=0)
+
+
+def test_fersnet_needs_partners_and_unknown_loss_weights_are_errors():
+    config = tiny(FERSNET_SMOKE)
+    config.data.partner = ""
+    with pytest.raises(ValueError, match="partner=other_expression"):
+        methods.build(config, fake_spec())
+    config = tiny(IPDFER_SMOKE)
+    config.model.identity.kind = "arcface"
+    with pytest.raises(ValueError, match="identity.kind"):
+        methods.build(config, fake_spec())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spec_path", [FERSNET_SMOKE, IPDFER_SMOKE], ids=["fersnet", "ipdfer"])
+def test_each_generative_recipe_learns_in_a_short_run(spec_path, smoke_data_dir, tmp_path):
+    config = api.load_config(spec_path)
+    config.data.data_dir = smoke_data_dir
+    config.train.update(num_steps=300, log_every=50, checkpoint_every=300)
+    trained = api.train(config, str(tmp_path))
+    first, last = trained.first_metrics, trained.last_metrics
+    image_loss = "generator/synthesis_loss" if config.method == "fersnet" else "generator/reconstruction_loss"
+    assert last[image_loss] < 0.8 * first[image_loss], (first, last)
+    assert last["generator/accuracy"] > 1.5 / 7, last  # training batches, 7 classes
+    results = api.evaluate(config, str(tmp_path))
+    assert results["accuracy"] > 1.3 / len(results["class_names"]), results["accuracy"]
+    report = open(tmp_path / "report.md").read()
+    if config.method == "fersnet":
+        assert results["transfer_figure"] == "expression_transfer.png" and "expression_transfer.png" in report
+    else:
+        assert results["neutralisation_figure"] == "neutralisation.png" and "neutralisation.png" in report
+        neutral = results["neutralisation"]
+        assert neutral["neutral_l1"] < 0.8 * first["generator/neutral_l1"], (neutral, first)
+        assert 0 < neutral["identity_cosine_input_vs_neutral"] <= 1
+
+
+MULTI_DEVICE_SCRIPT = r"""
+import json, os, sys
+import jax
+import numpy as np
+assert len(jax.devices()) == 8, jax.devices()
+from idfer_jax import api
+out = {}
+for spec in sys.argv[3:]:
+    config = api.load_config(spec)
+    config.data.data_dir = sys.argv[1]
+    config.model.discriminator_steps = 2
+    config.train.update(num_steps=3, checkpoint_every=3, log_every=1, batch_size=16)
+    config.optimizer.update(name="sgd", learning_rate=0.02, schedule="constant")
+    work = os.path.join(sys.argv[2], config.method)
+    on8 = api.train(config, os.path.join(work, "8"))
+    on1 = api.train(config, os.path.join(work, "1"), devices=jax.devices()[:1])
+    def maxdiff(a, b):
+        diffs = jax.tree.map(lambda x, y: float(np.max(np.abs(x - y))) if np.size(y) else 0.0,
+                             jax.device_get(a), jax.device_get(b))
+        return max(jax.tree.leaves(diffs))
+    out[config.method] = {"params": maxdiff(on8.state.params, on1.state.params),
+                          "model_state": maxdiff(on8.state.model_state, on1.state.model_state),
+                          "metrics8": on8.last_metrics, "metrics1": on1.last_metrics}
+json.dump(out, open(os.path.join(sys.argv[2], "result.json"), "w"))
+"""
+
+
+@pytest.mark.slow
+def test_generative_steps_on_eight_devices_match_one(smoke_data_dir, compilation_cache, tmp_path):
+    env = subprocess_env(compilation_cache, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    proc = subprocess.run(
+        [sys.executable, "-c", MULTI_DEVICE_SCRIPT, smoke_data_dir, str(tmp_path), FERSNET_SMOKE,
+         IPDFER_SMOKE],
+        capture_output=True, text=True, env=env, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.load(open(tmp_path / "result.json"))
+    for name, r in result.items():
+        assert r["params"] < 1e-4 and r["model_state"] < 1e-4, (name, r)
+        for key in ("generator/loss", "discriminator/loss"):
+            assert r["metrics8"][key] == pytest.approx(r["metrics1"][key], rel=1e-4, abs=1e-5), (name, key)

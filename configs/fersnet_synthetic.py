@@ -23,7 +23,8 @@ def get_config(arg: str | None = None):
     c.optimizer = fersnet.optimizer_config(learning_rate=1e-3)
     c.data.partner = "other_expression"
     if arg == "smoke":
-        c.model.update(stem_width=8, widths=(16, 32, 32), discriminator_widths=(8, 16, 32),
+        # Two exchange stages: at 48 px the bottleneck is then 3x3, not 2x2.
+        c.model.update(stem_width=8, widths=(16, 32), discriminator_widths=(8, 16, 32),
                        discriminator_steps=1)
         c.train.update(num_steps=300, checkpoint_every=150)
     return c

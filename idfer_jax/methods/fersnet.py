@@ -30,13 +30,15 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
+import optax
 
 from idfer_jax import config_defaults, losses
 from idfer_jax.data.pipeline import DataSpec
 from idfer_jax.methods import common
 from idfer_jax.methods import generative as gen
 from idfer_jax.models import FERSNet, PatchDiscriminator
-from idfer_jax.train.interface import Method, Player
+from idfer_jax.train.interface import FinishingStage, Method, Player
 from idfer_jax.train.optim import make_optimizer
 
 LOSS_WEIGHTS = ("expression", "synthesis", "identity", "adversarial", "cycle")
@@ -56,6 +58,7 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
     c.loss_weights = ml_collections.ConfigDict(dict(
         expression=1.0, synthesis=1.0, identity=0.05, adversarial=0.3, cycle=0.5))
     c.balance_steps = 0  # synthesis-to-balance fine-tuning steps after training; 0 = off
+    c.balance_learning_rate_factor = 0.1  # fine-tuning rate = optimizer.learning_rate x this
     c.update(overrides)
     return c
 
@@ -161,9 +164,108 @@ def build(config, data_spec: DataSpec) -> Method:
         Player("generator", generator_loss, make_optimizer(config.optimizer, num_steps),
                owns=tuple(k for k in groups if k != gen.DISCRIMINATOR)),
     )
+    def classification_loss(own, params, model_state, batch, rng):
+        outputs, state = gen.apply_model(model, {**params, **own}, model_state, batch["image"], train=True,
+                                         rng=rng, decode=False)
+        return losses.softmax_cross_entropy(outputs["logits"], batch["expression"]), state
+
+    finishing = None
+    if int(m.balance_steps) > 0:
+        finishing = FinishingStage(
+            steps=int(m.balance_steps),
+            run=lambda trainer, state: synthesise_to_balance(
+                trainer, state, transfer, classification_loss, owns=players[1].owns, num_classes=num_classes,
+                steps=int(m.balance_steps),
+                learning_rate=float(config.optimizer.learning_rate) * float(m.balance_learning_rate_factor)),
+            description="synthesis-to-balance: G draws the missing and minority expressions of every "
+                        "training subject; the classifier is fine-tuned on real + synthetic faces",
+        )
     return Method(
         name="fersnet", init=init, players=players, apply=apply,
         batch_keys=("image", "expression", "partner_image", "partner_expression", "partner_mask"),
         description=__doc__, frozen_variables=gen.identity_loader(config),
-        generators={"transfer": transfer, "embed_identity": embed},
+        generators={"transfer": transfer, "embed_identity": embed}, finishing_stage=finishing,
     )
+
+
+def balance_plan(subjects: np.ndarray, expressions: np.ndarray, num_classes: int,
+                 rng: np.random.Generator) -> list[tuple[int, int]]:
+    """(source record position, target class) pairs that bring every subject's count of each expression
+    up to that subject's most frequent one: a missing expression is drawn from the subject's other
+    images. [choice] Per subject, so synthesis adds expressions to people, never people to classes."""
+    plan = []
+    for subject in np.unique(subjects):
+        mine = np.flatnonzero(subjects == subject)
+        counts = np.bincount(expressions[mine], minlength=num_classes)
+        for k in range(num_classes):
+            sources = mine[expressions[mine] != k]
+            if len(sources):
+                plan += [(int(i), k) for i in rng.choice(sources, counts.max() - counts[k])]
+    return plan
+
+
+def synthesise_to_balance(trainer, state, transfer, classification_loss, *, owns, num_classes: int,
+                          steps: int, learning_rate: float, seed: int = 0):
+    """The synthesis-to-balance stage ([choice], METHODS.md section 3): draw the plan's faces with the
+    trained G (evaluation mode, no noise), then fine-tune the generator player's groups on cross entropy
+    over batches of half real, half synthetic faces, with a fresh Adam (the stage's state is not kept)."""
+    from idfer_jax.data import pipeline
+    from idfer_jax.train.trainer import to_global
+
+    dataset, config = trainer.dataset, trainer.config
+    train = np.asarray(dataset.train_indices)
+    rng = np.random.default_rng(seed)
+    batch_size = int(config.train.batch_size)
+    labels = dataset.labels
+    plan = balance_plan(labels["subject"][train], labels["expression"][train], num_classes, rng)
+    print(f"Synthesis-to-balance: drawing {len(plan)} faces for {len(train)} real training images.",
+          flush=True)
+
+    def to_devices(batch):
+        # Every process draws the same global batch (same seed); each hands over its own slice.
+        n, i = batch_size // jax.process_count(), jax.process_index()
+        return to_global({k: v[i * n:(i + 1) * n] for k, v in batch.items()}, trainer.batch_sharding)
+
+    variables = state.variables()
+    draw = jax.jit(transfer, out_shardings=trainer.replicated)
+    synthetic_images, synthetic_labels = [], []
+    for lo in range(0, len(plan), batch_size):
+        chunk = plan[lo:lo + batch_size]
+        padded = chunk + [chunk[-1]] * (batch_size - len(chunk))  # full batches: one compiled shape
+        images = pipeline.load_examples(dataset, [train[i] for i, _ in padded])["image"]
+        targets = np.eye(num_classes, dtype=np.float32)[[k for _, k in padded]]
+        arrays = to_devices({"image": images, "target": targets})
+        drawn = np.asarray(jax.device_get(draw(variables, arrays["image"], arrays["target"])))
+        synthetic_images.append(drawn[:len(chunk)])
+        synthetic_labels += [k for _, k in chunk]
+    if not plan:
+        return state.replace(step=state.step + steps)
+    synthetic_images = np.clip(np.concatenate(synthetic_images), -1.0, 1.0)
+    synthetic_labels = np.asarray(synthetic_labels, np.int32)
+
+    optimizer = optax.adam(learning_rate, b1=float(config.optimizer.b1), b2=float(config.optimizer.b2))
+    own = {k: state.params[k] for k in owns}
+
+    def step_fn(own, opt_state, model_state, batch, rng):
+        (loss, new_state), grads = jax.value_and_grad(classification_loss, has_aux=True)(
+            own, state.params, model_state, batch, rng)
+        updates, opt_state = optimizer.update(grads, opt_state, own)
+        return optax.apply_updates(own, updates), opt_state, new_state, loss
+
+    step_fn = jax.jit(step_fn, out_shardings=trainer.replicated)
+    opt_state = optimizer.init(own)
+    model_state = state.model_state
+    half = batch_size // 2
+    for step in range(steps):
+        real = pipeline.load_examples(dataset, rng.choice(train, batch_size - half))
+        pick = rng.integers(0, len(synthetic_labels), half)
+        images = np.concatenate([real["image"], synthetic_images[pick]])
+        flip = rng.random(len(images)) < 0.5 if config.data.flip else np.zeros(len(images), bool)
+        images[flip] = images[flip, :, ::-1]
+        batch = to_devices({"image": images, "expression": np.concatenate(
+            [real["expression"], synthetic_labels[pick]]).astype(np.int32)})
+        own, opt_state, model_state, loss = step_fn(own, opt_state, model_state, batch,
+                                                    jax.random.fold_in(jax.random.PRNGKey(seed), step))
+        if (step + 1) % max(1, steps // 4) == 0:
+            print(f"balance step {step + 1}/{steps} | cross entropy {float(loss):.4f}", flush=True)
+    return state.replace(step=state.step + steps, params={**state.params, **own}, model_state=model_state)

@@ -72,9 +72,9 @@ class PatchDiscriminator(nn.Module):
                 name=f"block{i + 1}_conv",
             )(x)
             if i > 0:
-                # Non-affine, PyTorch's InstanceNorm2d default that the code uses.
+                # Non-affine with eps 1e-5: PyTorch's InstanceNorm2d default, which the code uses.
                 x = nn.InstanceNorm(
-                    use_scale=False, use_bias=False, dtype=self.dtype, name=f"block{i + 1}_norm"
+                    use_scale=False, use_bias=False, epsilon=1e-5, dtype=self.dtype, name=f"block{i + 1}_norm"
                 )(x)
             x = nn.leaky_relu(x, 0.2)
         x = nn.Conv(

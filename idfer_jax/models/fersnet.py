@@ -53,7 +53,9 @@ def _max_pool(x: jnp.ndarray) -> jnp.ndarray:
 
 def _instance_norm(x: jnp.ndarray, dtype: Any, name: str) -> jnp.ndarray:
     """Instance norm without affine parameters, PyTorch's ``InstanceNorm2d`` default that the code uses."""
-    return nn.InstanceNorm(use_scale=False, use_bias=False, dtype=dtype, name=name)(x)
+    # epsilon 1e-5 is PyTorch's (flax's default is 1e-6): over the few positions of the bottleneck
+    # (2x2 at 48-64 px) a channel's variance can be ~0, and 1/sqrt(eps) is how far float noise is amplified.
+    return nn.InstanceNorm(use_scale=False, use_bias=False, epsilon=1e-5, dtype=dtype, name=name)(x)
 
 
 class ExpressionAdaIN(nn.Module):

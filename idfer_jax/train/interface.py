@@ -18,6 +18,9 @@ code, so the trainer never does it.
     `'transfer': (variables, images, target_onehot) -> images` (expression transfer),
     `'neutralise': (variables, images) -> images` (the same face, neutral),
     `'embed_identity': (variables, images) -> L2-normalised identity embeddings`.
+`finishing_stage` (optional): a second stage after the last step, e.g. FERSNet's synthesis-to-balance
+    fine-tuning: `run(trainer, state) -> state` advanced by `steps`; the trainer checkpoints its result
+    as step `num_steps + steps`, so a finished run does not repeat it and evaluation reads it.
 """
 
 from __future__ import annotations
@@ -50,6 +53,15 @@ class Player:
 
 
 @dataclasses.dataclass(frozen=True)
+class FinishingStage:
+    """Work after the main loop whose result replaces the final state (see the module docstring)."""
+
+    steps: int
+    run: Callable[[Any, Any], Any]  # (trainer, TrainState) -> TrainState with step + steps
+    description: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
 class Method:
     """A recipe the trainer runs without knowing which one it is."""
 
@@ -61,6 +73,7 @@ class Method:
     description: str = ""
     frozen_variables: Callable[[], dict] | None = None
     generators: Mapping[str, Callable] = dataclasses.field(default_factory=dict)
+    finishing_stage: FinishingStage | None = None
 
     def player(self, name: str) -> Player:
         for p in self.players:

@@ -265,6 +265,12 @@ class Trainer:
                                   force=step == num_steps)
                 for hook in hooks:
                     hook(step, state, metrics)
+            stage = self.method.finishing_stage
+            if stage is not None and int(state.step) == num_steps:
+                if is_main:
+                    print(f"Finishing stage: {stage.description} ({stage.steps} steps).", flush=True)
+                state = stage.run(self, state)
+                checkpointer.save(int(state.step), state, iterator, config.to_dict(), force=True)
         finally:
             checkpointer.close()
             writer.close()

@@ -20,7 +20,8 @@ from idfer_jax.methods import ipdfer
 def get_config(arg: str | None = None):
     if arg:
         raise ValueError(f"Unknown config argument {arg!r}; this config takes none.")
-    model = ipdfer.model_config(decoder_widths=(64, 32, 16), identity=ipdfer.gen.identity_config(kind="facenet"))
+    model = ipdfer.model_config(decoder_widths=(64, 32, 16),
+                                identity=ipdfer.gen.identity_config(kind="facenet"))
     c = defaults.benchmark_run("ipdfer", model, "jaffe")
     c.data.config = "aligned_64px"
     c.data.partner = "neutral"

@@ -198,46 +198,49 @@ def test_each_generative_recipe_learns_in_a_short_run(spec_path, smoke_data_dir,
 
 
 MULTI_DEVICE_SCRIPT = r"""
-import json, os, sys
+import json, sys
 import jax
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
 assert len(jax.devices()) == 8, jax.devices()
-from idfer_jax import api
+from idfer_jax import methods
+from idfer_jax.train.trainer import init_state, make_mesh, make_train_step
+from tests.test_generative import FERSNET_SMOKE, IPDFER_SMOKE, fake_spec, generative_batch, tiny
 out = {}
-for spec in sys.argv[3:]:
-    config = api.load_config(spec)
-    config.data.data_dir = sys.argv[1]
-    config.model.update(discriminator_steps=2, discriminator_widths=(8, 16))
+for spec in (FERSNET_SMOKE, IPDFER_SMOKE):
+    config = tiny(spec)
     if config.method == "fersnet":
-        # One exchange stage: a 6x6 bottleneck. Its instance norm over the 2x2 or 3x3 bottlenecks of
-        # deeper nets amplifies float reassociation ~100x (a channel's variance there can be ~0).
-        config.model.update(stem_width=8, widths=(16,))
-    # One step (two discriminator sub-updates, then the generator): over more steps the GAN's own
-    # dynamics amplify the reassociation noise of the cross-device sums.
-    config.train.update(num_steps=1, checkpoint_every=1, log_every=1, batch_size=16)
+        # One exchange stage, a 4x4 bottleneck: instance norm over 2x2 or 3x3 maps amplifies float
+        # reassociation ~100x (a channel's spread there can be ~0).
+        config.model.widths = (16,)
     config.optimizer.update(name="sgd", learning_rate=0.02, schedule="constant")
-    work = os.path.join(sys.argv[2], config.method)
-    on8 = api.train(config, os.path.join(work, "8"))
-    on1 = api.train(config, os.path.join(work, "1"), devices=jax.devices()[:1])
+    method = methods.build(config, fake_spec())
+    batch = generative_batch(16)
+    state = jax.jit(lambda rng: init_state(method, rng, batch))(jax.random.PRNGKey(0))
+    # One step (two discriminator sub-updates, then the generator), sharded as `Trainer.train` does: over
+    # more steps the GAN's own dynamics amplify the reassociation noise of the cross-device sums.
+    step = make_train_step(method)
+    on1, metrics1 = jax.jit(step)(state, batch)
+    mesh = make_mesh()
+    replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    on8, metrics8 = jax.jit(step, in_shardings=(replicated, sharded), out_shardings=(replicated, replicated))(
+        jax.device_put(state, replicated), jax.device_put(batch, sharded))
     def maxdiff(a, b):
-        diffs = jax.tree.map(lambda x, y: float(np.max(np.abs(x - y))) if np.size(y) else 0.0,
-                             jax.device_get(a), jax.device_get(b))
-        return max(jax.tree.leaves(diffs))
-    out[config.method] = {"params": maxdiff(on8.state.params, on1.state.params),
-                          "model_state": maxdiff(on8.state.model_state, on1.state.model_state),
-                          "metrics8": on8.last_metrics, "metrics1": on1.last_metrics}
-json.dump(out, open(os.path.join(sys.argv[2], "result.json"), "w"))
+        return max(float(np.max(np.abs(x - y))) for x, y in zip(jax.tree.leaves(jax.device_get(a)),
+                                                                 jax.tree.leaves(jax.device_get(b))))
+    out[config.method] = {"params": maxdiff(on8.params, on1.params),
+                          "model_state": maxdiff(on8.model_state, on1.model_state),
+                          "metrics8": {k: float(v) for k, v in metrics8.items()},
+                          "metrics1": {k: float(v) for k, v in metrics1.items()}}
+json.dump(out, open(sys.argv[1], "w"))
 """
 
 
 @pytest.mark.slow
-def test_generative_steps_on_eight_devices_match_one(smoke_data_dir, compilation_cache, tmp_path):
+def test_generative_steps_on_eight_devices_match_one(compilation_cache, tmp_path):
     env = subprocess_env(compilation_cache, XLA_FLAGS="--xla_force_host_platform_device_count=8")
-    proc = subprocess.run(
-        [sys.executable, "-c", MULTI_DEVICE_SCRIPT, smoke_data_dir, str(tmp_path), FERSNET_SMOKE,
-         IPDFER_SMOKE],
-        capture_output=True, text=True, env=env, timeout=900,
-    )
+    proc = subprocess.run([sys.executable, "-c", MULTI_DEVICE_SCRIPT, str(tmp_path / "result.json")],
+                          capture_output=True, text=True, env=env, timeout=900, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.load(open(tmp_path / "result.json"))
     for name, r in result.items():
@@ -279,7 +282,8 @@ def test_synthesis_to_balance_draws_the_plan_and_fine_tunes_the_classifier(smoke
     labels = trainer.dataset.labels
     train = trainer.dataset.train_indices
     first = labels["subject"][train[0]]
-    dropped = (labels["subject"][train] == first) & (labels["expression"][train] == CLASSES.index("happiness"))
+    happiness = labels["expression"][train] == CLASSES.index("happiness")
+    dropped = (labels["subject"][train] == first) & happiness
     trainer.dataset = dataclasses.replace(trainer.dataset, train_indices=train[~dropped])
     state = trainer.initial_state()
     stage = trainer.method.finishing_stage
@@ -290,3 +294,25 @@ def test_synthesis_to_balance_draws_the_plan_and_fine_tunes_the_classifier(smoke
         assert changed(state.params[group], finished.params[group]), group
     for group in ("decoder", gen.DISCRIMINATOR):
         assert not changed(state.params[group], finished.params[group]), group
+
+
+def test_milestone_schedule_and_adam_with_l2_in_the_gradient():
+    import optax
+
+    from idfer_jax.methods import fersnet
+    from idfer_jax.train.optim import learning_rate_schedule, make_optimizer
+
+    config = fersnet.optimizer_config(learning_rate=1e-3)
+    schedule = learning_rate_schedule(config, 1000)  # x0.1 at 30% and 80% of the run, as at epochs 150/400 of 500
+    assert [float(schedule(s)) for s in (0, 299, 300, 799, 800, 999)] == pytest.approx(
+        [1e-3, 1e-3, 1e-4, 1e-4, 1e-5, 1e-5])
+    with pytest.raises(ValueError, match="fractions"):
+        learning_rate_schedule(fersnet.optimizer_config(milestones=(150, 400)), 1000)
+    # L2 is added to the gradient before Adam's normalisation (not AdamW's decoupled decay): with a zero
+    # loss gradient, the first step is -lr * sign(w) for every decayed kernel.
+    params = {"kernel": jnp.full((2, 2), 3.0), "bias": jnp.full((2,), 3.0)}
+    optimizer = make_optimizer(config, 1000)
+    updates, _ = optimizer.update(jax.tree.map(jnp.zeros_like, params), optimizer.init(params), params)
+    new = optax.apply_updates(params, updates)
+    np.testing.assert_allclose(new["kernel"], 3.0 - 1e-3, rtol=1e-6)
+    np.testing.assert_allclose(new["bias"], 3.0)  # biases are never decayed

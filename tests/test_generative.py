@@ -49,7 +49,7 @@ def tiny(spec_path: str):
     if config.method == "ipdfer":
         config.model.update(decoder_widths=(16, 8), code_dim=32)
     else:
-        config.model.update(stem_width=8, widths=(8, 16))
+        config.model.update(stem_width=8, widths=(8,))
     return config
 
 
@@ -98,12 +98,12 @@ def test_gradients_flow_through_the_frozen_identity_network_to_the_generated_fac
                                                jax.random.PRNGKey(1), state.step)
         return metrics["identity_loss"]
 
-    grads = jax.jit(jax.grad(loss_of))(own, state.model_state)
+    grads, state_grads = jax.jit(jax.grad(loss_of, argnums=(0, 1)))(own, state.model_state)
     # The identity term reaches the generator (through the frozen network and the generated face)...
     assert any(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(grads)), "no gradient"
-    # ... while the network's own weights are model state: the trainer never differentiates them.
-    frozen_grads = jax.jit(jax.grad(lambda ms: loss_of(own, ms)))(state.model_state)[gen.IDENTITY_COLLECTION]
-    assert any(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(frozen_grads))  # it is on the path
+    # ... and the frozen weights are on its path, but they are model state, which the trainer never
+    # differentiates, and no optimizer state holds them.
+    assert any(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(state_grads[gen.IDENTITY_COLLECTION]))
     assert not any(gen.IDENTITY_COLLECTION in str(path) for path, _ in jax.tree_util.tree_leaves_with_path(
         state.opt_states))
 
@@ -279,7 +279,7 @@ def test_synthesis_to_balance_draws_the_plan_and_fine_tunes_the_classifier(smoke
     config = tiny(FERSNET_SMOKE)
     config.data.data_dir = smoke_data_dir
     config.model.balance_steps = 3
-    config.train.batch_size = 16
+    config.train.batch_size = 8
     trainer = Trainer(config, methods.build)
     # The synthetic faces are balanced: drop the first training subject's `happiness` faces.
     labels = trainer.dataset.labels
@@ -293,7 +293,7 @@ def test_synthesis_to_balance_draws_the_plan_and_fine_tunes_the_classifier(smoke
     finished = stage.run(trainer, state)
     assert int(finished.step) == int(state.step) + 3
     # Cross entropy moves the classification path; the decoder and the discriminator get no gradient.
-    for group in ("logits", "classifier_conv", "fer_stage1_block1", "joint_block"):
+    for group in ("logits", "classifier_conv", "fer_stage1_block1", "joint_block"):  # one stage in tiny()
         assert changed(state.params[group], finished.params[group]), group
     for group in ("decoder", gen.DISCRIMINATOR):
         assert not changed(state.params[group], finished.params[group]), group

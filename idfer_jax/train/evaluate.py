@@ -212,7 +212,7 @@ def true_neutral_faces(trainer: Trainer, examples: dict, indices) -> tuple[np.nd
         same = np.flatnonzero((labels["subject"] == subject) & neutral)
         faces.append(pipeline.load_examples(dataset, same[:1])["image"][0] if len(same)
                      else np.full(examples["image"].shape[1:], -1.0, np.float32))
-    return np.stack(faces), "a real neutral image (black: none)"
+    return np.stack(faces), "real neutral"  # black where the subject has none
 
 
 def write_generation_figures(trainer: Trainer, variables: dict, examples: dict, workdir: str) -> dict:

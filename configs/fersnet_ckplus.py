@@ -12,16 +12,10 @@ trains 500 epochs at 96 px, batch 8; CK+48 faces are 48 px). The frozen identity
 picks the best epoch on the test fold; this reports the last step.
 """
 
-from idfer_jax import config_defaults as defaults
 from idfer_jax.methods import fersnet
 
 
 def get_config(arg: str | None = None):
     if arg:
         raise ValueError(f"Unknown config argument {arg!r}; this config takes none.")
-    model = fersnet.model_config(stem_width=32, widths=(64, 128, 256), discriminator_widths=(32, 64, 128),
-                                 identity=fersnet.gen.identity_config(kind="facenet"))
-    c = defaults.benchmark_run("fersnet", model, "ckplus")
-    c.optimizer = fersnet.optimizer_config(learning_rate=1e-3)
-    c.data.partner = "other_expression"
-    return c
+    return fersnet.benchmark_config("ckplus")

@@ -71,6 +71,17 @@ def optimizer_config(**overrides) -> ml_collections.ConfigDict:
         "grad_clip": 0.0, **overrides})
 
 
+def benchmark_config(benchmark: str) -> ml_collections.ConfigDict:
+    """FERSNet on a real benchmark ('ckplus' or 'jaffe'), with the baseline's data, folds and budget:
+    [choice] half the code's widths and lr 1e-3 (see `configs/fersnet_ckplus.py`), FaceNet as idnet."""
+    model = model_config(stem_width=32, widths=(64, 128, 256), discriminator_widths=(32, 64, 128),
+                         identity=gen.identity_config(kind="facenet"))
+    c = config_defaults.benchmark_run("fersnet", model, benchmark)
+    c.optimizer = optimizer_config(learning_rate=1e-3)
+    c.data.partner = "other_expression"
+    return c
+
+
 def build_model(config, data_spec: DataSpec) -> FERSNet:
     m = config.model
     return FERSNet(num_classes=data_spec.num_classes, image_shape=tuple(data_spec.image_shape),

@@ -292,7 +292,7 @@ def _check_frozen(model_state: dict, frozen: dict) -> None:
         if expected != got:
             raise ValueError(
                 f"The frozen weights {name!r} do not fit the model: the checkpoint holds another "
-                "network or another size. Re-run the converter, or check the identity-network config."
+                "network or another size. Re-run its converter, or check the config that names them."
             )
 
 

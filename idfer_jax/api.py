@@ -9,6 +9,7 @@ from idfer_jax.configuration import load_config_file
 from idfer_jax.train import crossval as crossval_lib
 from idfer_jax.train import evaluate as evaluate_lib
 from idfer_jax.train import trainer as trainer_lib
+from idfer_jax.train.distributed import initialize as initialize_multihost  # noqa: F401  (pods, clusters)
 
 
 def load_config(spec: str):

@@ -4,6 +4,10 @@
     idfer evaluate --config=configs/baseline_synthetic.py --workdir=DIR
     idfer crossval --config=configs/baseline_ckplus.py --workdir=DIR [--folds=N]
 
+Multi-host (a TPU pod slice, a GPU cluster): run the same command on every host with `--multihost`; on TPU
+pods, Slurm and Open MPI nothing else is needed, elsewhere add `--coordinator_address=HOST:PORT
+--num_processes=N --process_id=I` (colabs/tpu_pod.md has the exact commands).
+
 `train` resumes from the newest checkpoint in DIR when there is one, so an interrupted run continues when
 the same command is run again; `crossval` trains and evaluates every fold in DIR/fold_<i> and resumes fold
 by fold the same way.
@@ -28,6 +32,14 @@ _FOLDS = flags.DEFINE_integer(
     "folds", None, "crossval: number of subject-independent folds (sets config.data.num_folds; "
     "k-fold protocol only)."
 )
+_MULTIHOST = flags.DEFINE_bool(
+    "multihost", False, "Join a multi-host JAX system (jax.distributed.initialize) before anything else: "
+    "TPU pods, Slurm and Open MPI need nothing more; elsewhere give the three flags below."
+)
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "Multi-host: process 0's HOST:PORT (implies --multihost).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-host: the number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host: this process's id, 0 .. N-1.")
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
@@ -70,10 +82,15 @@ def main(argv: list[str]) -> None:
     # Imported after flag parsing: importing JAX and TFDS takes seconds.
     from idfer_jax.data.errors import DataError
     from idfer_jax.train.checkpoint import CheckpointMismatchError
+    from idfer_jax.train.distributed import DistributedSetupError
 
     try:
+        if _MULTIHOST.value or _COORDINATOR.value:
+            from idfer_jax.train import distributed
+
+            distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
         _run_command(commands[0], config, workdir)
-    except (DataError, CheckpointMismatchError) as e:
+    except (DataError, CheckpointMismatchError, DistributedSetupError) as e:
         # The user's data or workdir, not a bug: the message says what to do, a traceback would bury it.
         print(f"idfer: error: {e}", file=sys.stderr, flush=True)
         sys.exit(1)
@@ -81,22 +98,23 @@ def main(argv: list[str]) -> None:
 
 def _run_command(command: str, config, workdir: str) -> None:
     from idfer_jax import api
+    from idfer_jax.train.writers import announce  # process 0 speaks for a multi-host run
 
     if command == "train":
         api.train(config, workdir)
     elif command == "crossval":
         summary = api.crossval(config, workdir)
         acc = summary["mean_std"]["accuracy"]
-        print(f"Accuracy {acc['mean']:.4f} +- {acc['std']:.4f} over {summary['num_folds']} folds; "
-              f"report: {workdir}/crossval_report.md", flush=True)
+        announce(f"Accuracy {acc['mean']:.4f} +- {acc['std']:.4f} over {summary['num_folds']} folds; "
+                 f"report: {workdir}/crossval_report.md")
     else:
         results = api.evaluate(config, workdir)
         identity = results["identity_leakage"]
         leakage = (f"identity probe (linear) {identity['linear_acc']:.4f} vs chance "
                    f"{identity['chance']:.4f}" if "linear_acc" in identity
                    else f"identity leakage not measured ({identity.get('skipped')})")
-        print(f"Held-out accuracy {results['accuracy']:.4f} on {results['num_test_subjects']} "
-              f"subjects; {leakage}; report: {workdir}/report.md", flush=True)
+        announce(f"Held-out accuracy {results['accuracy']:.4f} on {results['num_test_subjects']} "
+                 f"subjects; {leakage}; report: {workdir}/report.md")
 
 
 def run() -> None:

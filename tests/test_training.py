@@ -138,6 +138,7 @@ config.train.checkpoint_every = 8
 config.optimizer.name = "sgd"
 config.optimizer.learning_rate = 0.05
 config.optimizer.warmup_steps = 0
+config.optimizer.schedule = "constant"  # the two-host run below stops at 4 steps, then resumes to 8
 out = sys.argv[3]
 on8 = api.train(config, os.path.join(out, "on8"))
 on1 = api.train(config, os.path.join(out, "on1"), devices=jax.devices()[:1])
@@ -155,7 +156,7 @@ json.dump({"max_abs_diff": max_diff(p8, p1), "batch_stats_diff": max_diff(bn8, b
 
 
 @pytest.mark.slow
-def test_eight_devices_match_one_and_their_checkpoint_restores_on_one(
+def test_eight_devices_match_one_and_two_hosts_and_their_checkpoints_restore_on_one(
     smoke_data_dir, smoke_config, compilation_cache, tmp_path
 ):
     env = subprocess_env(compilation_cache, XLA_FLAGS="--xla_force_host_platform_device_count=8")
@@ -176,6 +177,7 @@ def test_eight_devices_match_one_and_their_checkpoint_restores_on_one(
     smoke_config.optimizer.name = "sgd"
     smoke_config.optimizer.learning_rate = 0.05
     smoke_config.optimizer.warmup_steps = 0
+    smoke_config.optimizer.schedule = "constant"
     from idfer_jax import methods
     from idfer_jax.train.trainer import Trainer
 
@@ -186,6 +188,65 @@ def test_eight_devices_match_one_and_their_checkpoint_restores_on_one(
     assert len(restored) == len(saved.files)
     for i, leaf in enumerate(restored):
         np.testing.assert_array_equal(np.asarray(leaf), saved[str(i)])
+
+    # Two hosts of 4 devices each, through the CLI: 4 steps, a restart that resumes from the
+    # checkpoint both wrote, 4 more steps; they must end where one host of 8 devices did.
+    two_hosts = tmp_path / "two_hosts"
+    overrides = [f"--config={SMOKE}", f"--workdir={two_hosts}", f"--config.data.data_dir={smoke_data_dir}",
+                 "--config.optimizer.name=sgd", "--config.optimizer.learning_rate=0.05",
+                 "--config.optimizer.warmup_steps=0", "--config.optimizer.schedule=constant",
+                 "--config.train.checkpoint_every=4",
+                 "--config.train.log_every=2"]
+    first = run_on_two_hosts("train", *overrides, "--config.train.num_steps=4",
+                             compilation_cache=compilation_cache)
+    resumed = run_on_two_hosts("train", *overrides, "--config.train.num_steps=8",
+                               compilation_cache=compilation_cache)
+    assert "Resuming from checkpoint at step 4" in resumed[0].stdout
+    evaluated = run_on_two_hosts("evaluate", *overrides, compilation_cache=compilation_cache)
+    assert "jax.distributed: 2 processes, 8 devices (4 on this host)" in first[0].stdout
+    # Only process 0 speaks and writes: one log line per log step, one report.
+    for proc in (*first, *resumed, *evaluated):
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "step 2/4" in first[0].stdout and "Held-out accuracy" in evaluated[0].stdout
+    for proc in (first[1], resumed[1], evaluated[1]):
+        assert "step " not in proc.stdout and "Held-out" not in proc.stdout, proc.stdout
+    logged = [json.loads(line)["step"] for line in open(two_hosts / "metrics.jsonl")]
+    assert logged == [2, 4, 6, 8]
+    assert (two_hosts / "report.md").exists() and (two_hosts / "confusion_matrix.png").exists()
+    positions = [f for f in os.listdir(two_hosts / "checkpoints" / "8" / "data") if f.startswith("process")]
+    assert sorted(positions) == ["process_0-of-2.json", "process_1-of-2.json"]
+    step, variables = Trainer(smoke_config, methods.build).restore_variables(str(two_hosts))
+    assert step == 8
+    two_host_params = jax.tree.leaves(variables["params"])
+    diff = max(float(np.max(np.abs(np.asarray(leaf) - saved[str(i)])))
+               for i, leaf in enumerate(two_host_params))
+    assert diff < 1e-5, diff
+
+    # Resuming a 2-host run on 1 host would lose the input stream's position: a clear error instead.
+    one_host = idfer("train", *overrides, "--config.train.num_steps=12",
+                     env=subprocess_env(compilation_cache))
+    assert one_host.returncode == 1 and "same number of processes" in one_host.stderr, one_host.stderr
+
+
+def run_on_two_hosts(*args: str, compilation_cache: str) -> list[subprocess.CompletedProcess]:
+    """`idfer ARGS` as 2 processes of a multi-host system with 4 CPU devices each."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    exe = shutil.which("idfer")
+    cmd = [exe] if exe else [sys.executable, "-m", "idfer_jax.main"]
+    env = subprocess_env(compilation_cache, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    procs = [subprocess.Popen([*cmd, *args, f"--coordinator_address=localhost:{port}",
+                               "--num_processes=2", f"--process_id={i}"],
+                              env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for i in range(2)]
+    results = []
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=600)
+        results.append(subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr))
+    return results
 
 
 def test_bfloat16_compute_keeps_float32_params_and_trains(smoke_config, tmp_path):
@@ -264,3 +325,18 @@ def test_sigkilled_cli_run_resumes_with_the_same_command(
     step_b, uninterrupted = trainer.restore_variables(str(tmp_path / "straight"))
     assert step_a == step_b == 240
     jax.tree.map(np.testing.assert_array_equal, after_kill, uninterrupted)
+
+
+def test_multihost_setup_errors_say_what_to_pass(monkeypatch):
+    from idfer_jax.train import distributed
+
+    monkeypatch.setenv("JAX_NUM_PROCESSES", "two")
+    with pytest.raises(distributed.DistributedSetupError, match="JAX_NUM_PROCESSES='two'"):
+        distributed.initialize("localhost:1234")
+    monkeypatch.delenv("JAX_NUM_PROCESSES")
+    # This process has used JAX already, which jax.distributed forbids; the error keeps JAX's reason
+    # and adds how to start a multi-host run.
+    jax.devices()
+    with pytest.raises(distributed.DistributedSetupError, match="--process_id=I") as e:
+        distributed.initialize("localhost:1234", 2, 1)
+    assert "before" in str(e.value)

@@ -14,6 +14,7 @@ Batches are dicts of numpy arrays with the keys `image` (NHWC float32 in [-1, 1]
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Iterator, Sequence
 
@@ -188,23 +189,56 @@ def train_loader(
         names = list(dataset.spec.class_names)
         pairing = [Partners(dataset.source, dataset.labels, dataset.train_indices, data_config.partner,
                             names.index("neutral") if "neutral" in names else None)]
+    local_batch = global_batch_size // process_count
     return grain.DataLoader(
         data_source=source,
-        sampler=grain.samplers.IndexSampler(
-            num_records=len(source),
-            shuffle=True,
-            seed=seed,
-            num_epochs=None,
-            shard_options=grain.sharding.ShardByJaxProcess(drop_remainder=True),
-        ),
+        sampler=GlobalBatchSampler(len(source), seed=seed, local_batch_size=local_batch,
+                                   process_count=process_count),
         operations=[
             *pairing,
             Decode(dataset.spec.pose_keys, dataset.spec.has_neutral and data_config.with_neutral),
             Augment(data_config.crop_padding, data_config.flip),
-            grain.transforms.Batch(global_batch_size // process_count, drop_remainder=True),
+            grain.transforms.Batch(local_batch, drop_remainder=True),
         ],
+        shard_options=grain.sharding.ShardByJaxProcess(drop_remainder=True),
         worker_count=int(data_config.worker_count),
     )
+
+
+class GlobalBatchSampler:
+    """One shuffled stream of training records, read as global batches by any number of processes.
+
+    Global batch `s` is always the records at stream positions `[s * G, (s + 1) * G)` (G the global batch
+    size), and process `p` reads the slice `[s * G + p * L, s * G + (p + 1) * L)` of it (L = G / process
+    count), so the rows of the global array that `jax.make_array_from_process_local_data` assembles are
+    in stream order whatever the number of hosts, and each record's augmentation rng follows its stream
+    position. Two hosts with 4 devices each thus train on exactly the batches one host with 8 devices
+    does. (grain's `ShardByJaxProcess` on the sampler would instead give each host its own shuffle of
+    half the records.) The grain `DataLoader` asks for index `k * process_count + p` on process `p`,
+    its local position `k`.
+    """
+
+    def __init__(self, num_records: int, *, seed: int, local_batch_size: int, process_count: int):
+        self._stream = grain.samplers.IndexSampler(num_records=num_records, shuffle=True, seed=seed,
+                                                   num_epochs=None)
+        self._local_batch = int(local_batch_size)
+        self._process_count = int(process_count)
+
+    def __repr__(self) -> str:
+        # grain compares this with the checkpointed repr when restoring an iterator.
+        return (f"GlobalBatchSampler({self._stream!r}, local_batch_size={self._local_batch}, "
+                f"process_count={self._process_count})")
+
+    def __len__(self) -> int:
+        return len(self._stream)
+
+    def __getitem__(self, index: int):
+        local_position, process = divmod(int(index), self._process_count)
+        step, row = divmod(local_position, self._local_batch)
+        position = (step * self._process_count + process) * self._local_batch + row
+        record = self._stream[position]
+        # The loader's own index stays in the metadata: grain's checkpointed state counts in it.
+        return dataclasses.replace(record, index=int(index))
 
 
 def eval_batches(

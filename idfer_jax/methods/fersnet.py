@@ -40,6 +40,7 @@ from idfer_jax.methods import generative as gen
 from idfer_jax.models import FERSNet, PatchDiscriminator
 from idfer_jax.train.interface import FinishingStage, Method, Player
 from idfer_jax.train.optim import make_optimizer
+from idfer_jax.train.writers import announce
 
 LOSS_WEIGHTS = ("expression", "synthesis", "identity", "adversarial", "cycle")
 
@@ -229,8 +230,7 @@ def synthesise_to_balance(trainer, state, transfer, classification_loss, *, owns
     batch_size = int(config.train.batch_size)
     labels = dataset.labels
     plan = balance_plan(labels["subject"][train], labels["expression"][train], num_classes, rng)
-    print(f"Synthesis-to-balance: drawing {len(plan)} faces for {len(train)} real training images.",
-          flush=True)
+    announce(f"Synthesis-to-balance: drawing {len(plan)} faces for {len(train)} real training images.")
 
     def to_devices(batch):
         # Every process draws the same global batch (same seed); each hands over its own slice.
@@ -278,5 +278,5 @@ def synthesise_to_balance(trainer, state, transfer, classification_loss, *, owns
         own, opt_state, model_state, loss = step_fn(own, opt_state, model_state, batch,
                                                     jax.random.fold_in(jax.random.PRNGKey(seed), step))
         if (step + 1) % max(1, steps // 4) == 0:
-            print(f"balance step {step + 1}/{steps} | cross entropy {float(loss):.4f}", flush=True)
+            announce(f"balance step {step + 1}/{steps} | cross entropy {float(loss):.4f}")
     return state.replace(step=state.step + steps, params={**state.params, **own}, model_state=model_state)

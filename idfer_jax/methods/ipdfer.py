@@ -41,6 +41,7 @@ from idfer_jax.methods import generative as gen
 from idfer_jax.models import ClassifierHead, ImageDecoder, PatchDiscriminator, ResNet, build_backbone
 from idfer_jax.train.interface import Method, Player
 from idfer_jax.train.optim import make_optimizer
+from idfer_jax.train.writers import announce
 
 LOSS_WEIGHTS = ("expression", "pose", "reconstruction", "identity", "neutral", "difference", "adversarial")
 
@@ -155,11 +156,11 @@ def build(config, data_spec: DataSpec) -> Method:
     neutral_target_key = ("neutral_image" if data_spec.has_neutral and config.data.with_neutral
                           else "partner_image" if config.data.get("partner") == "neutral" else None)
     if model.pose_head is None and w["pose"] > 0:
-        print("IPD-FER: the data has no yaw labels, so the pose term is off; the pose encoder learns "
-              "through reconstruction only.", flush=True)
+        announce("IPD-FER: the data has no yaw labels, so the pose term is off; the pose encoder learns "
+                 "through reconstruction only.")
     if neutral_target_key is None and neutral_class is None and w["neutral"] > 0:
-        print("IPD-FER: no neutral target (no neutral images, no 'neutral' class): the neutrality term "
-              "is off.", flush=True)
+        announce("IPD-FER: no neutral target (no neutral images, no 'neutral' class): the neutrality term "
+                 "is off.")
 
     def forward(params, model_state, images, *, train, rng=None, identity=None, **kwargs):
         if identity is None:

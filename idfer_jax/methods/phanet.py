@@ -44,6 +44,7 @@ from idfer_jax.models import (
     build_backbone,
 )
 from idfer_jax.train.interface import Method
+from idfer_jax.train.writers import announce
 
 WEIGHTINGS = ("uncertainty", "constrained")
 POSE_MODES = ("bins", "regression", "none")
@@ -161,8 +162,8 @@ def build(config, data_spec: DataSpec) -> Method:
     model = build_model(config, data_spec)
     with_pose = uses_pose(config, data_spec)
     if m.pose != "none" and not with_pose:
-        print(f"PhaNet: the dataset has no yaw labels, so the pose term is off (config.model.pose="
-              f"{m.pose!r} asked for one). Expression and attention losses only.", flush=True)
+        announce(f"PhaNet: the dataset has no yaw labels, so the pose term is off (config.model.pose="
+                 f"{m.pose!r} asked for one). Expression and attention losses only.")
     names = loss_names(int(m.attention_stages), with_pose)
     weighting_kwargs = {"min_weight": float(m.min_weight)} if m.weighting == "constrained" else {}
     weighting = losses.make_combinator(m.weighting, names, **weighting_kwargs)

@@ -131,11 +131,23 @@ class Checkpointer:
         for step in reversed(self.steps()):
             if config is not None:
                 check_compatible(self.saved_config(step), config)
+            if data_iterator is not None:
+                self._check_data_layout(step)
             items = {"state": ocp.args.StandardRestore(abstract_state)}
             if data_iterator is not None:
                 items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
             try:
                 restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+            except ValueError as e:
+                if "does not match dataloader" not in str(e):
+                    raise
+                # grain refuses an iterator state of another loader (worker count, sampler): that is
+                # this workdir's run with other settings, and starting afresh would bury it.
+                raise CheckpointMismatchError(
+                    f"Checkpoint {step} in {self.directory} holds the input pipeline's position for "
+                    f"other loader settings: {str(e).splitlines()[0]} Rerun with the data.worker_count "
+                    "and batch size that made it, or use a new --workdir."
+                ) from e
             except Exception as e:  # noqa: BLE001 - any unreadable checkpoint falls back
                 logging.warning(
                     "Checkpoint %d in %s could not be restored (%s: %s); trying the previous one.",
@@ -149,6 +161,23 @@ class Checkpointer:
                 continue
             return step, restored["state"]
         return None, None
+
+    def _check_data_layout(self, step: int) -> None:
+        """Each process checkpoints its own input position; another number of processes cannot resume
+        them (a missing file would otherwise look like a corrupt checkpoint and be skipped)."""
+        data_dir = os.path.join(self.directory, str(step), "data")
+        if not os.path.isdir(data_dir):
+            return
+        saved = sorted(f for f in os.listdir(data_dir) if f.startswith("process_"))
+        mine = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+        if saved and mine not in saved:
+            counts = sorted({f.rsplit("-of-", 1)[-1].removesuffix(".json") for f in saved})
+            raise CheckpointMismatchError(
+                f"Checkpoint {step} in {self.directory} was written by {'/'.join(counts)} process(es) "
+                f"and this run has {jax.process_count()}: every host checkpoints its own position in "
+                "the input stream. Resume with the same number of processes (hosts), or use a new "
+                "--workdir."
+            )
 
     def wait(self) -> None:
         self._manager.wait_until_finished()

@@ -28,6 +28,7 @@ from idfer_jax import eval as E
 from idfer_jax.data import datasets
 from idfer_jax.train import evaluate as evaluate_lib
 from idfer_jax.train.trainer import BuildMethod, Trainer
+from idfer_jax.train.writers import announce
 
 
 def fold_config(config, fold: int):
@@ -61,19 +62,17 @@ def crossval(config, workdir: str, build_method: BuildMethod, *, devices=None) -
         results = _finished(fold_dir, num_steps)
         start = time.time()
         if results is None:
-            print(f"== fold {fold + 1}/{num_folds} -> {fold_dir}", flush=True)
+            announce(f"== fold {fold + 1}/{num_folds} -> {fold_dir}")
             cfg = fold_config(config, fold)
             Trainer(cfg, build_method, devices).train(fold_dir)
             results = evaluate_lib.evaluate(cfg, fold_dir, build_method, devices)
             seconds.append(time.time() - start)
         else:
-            print(f"== fold {fold + 1}/{num_folds}: done earlier ({fold_dir}/eval_results.json)",
-                  flush=True)
+            announce(f"== fold {fold + 1}/{num_folds}: done earlier ({fold_dir}/eval_results.json)")
         results["fold_dir"] = os.path.basename(fold_dir)
         per_fold.append(results)
-        print(f"   fold {fold}: accuracy {results['accuracy']:.4f} on "
-              f"{results['num_test_images']} images of {results['num_test_subjects']} subjects",
-              flush=True)
+        announce(f"   fold {fold}: accuracy {results['accuracy']:.4f} on "
+                 f"{results['num_test_images']} images of {results['num_test_subjects']} subjects")
     summary = summarise(per_fold)
     summary["seconds_this_invocation"] = float(sum(seconds))
     if is_main:

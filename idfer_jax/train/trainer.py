@@ -228,7 +228,7 @@ class Trainer:
         if state is None:
             start_step, state = 0, self.initial_state()
         else:
-            print(f"Resuming from checkpoint at step {start_step} in {workdir}.", flush=True)
+            writers.announce(f"Resuming from checkpoint at step {start_step} in {workdir}.")
 
         train_step = jax.jit(
             make_train_step(self.method),

@@ -14,6 +14,12 @@ from collections.abc import Mapping
 import jax
 
 
+def announce(message: str) -> None:
+    """Prints a progress message once per run: on process 0 of a multi-host system."""
+    if jax.process_index() == 0:
+        print(message, flush=True)
+
+
 class MetricWriter:
     def __init__(self, workdir: str, *, enabled: bool | None = None):
         self.enabled = jax.process_index() == 0 if enabled is None else enabled

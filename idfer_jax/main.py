@@ -3,6 +3,8 @@
     idfer train    --config=configs/baseline_synthetic.py --workdir=DIR [--config.a.b=value ...]
     idfer evaluate --config=configs/baseline_synthetic.py --workdir=DIR
     idfer crossval --config=configs/baseline_ckplus.py --workdir=DIR [--folds=N]
+    idfer bench    --config=configs/baseline_synthetic.py --workdir=DIR [--recipes=all] [--devices=1,all]
+                   [--dtypes=float32,bfloat16] [--inputs=memory,pipeline] [--steps=20] [--torch=false]
 
 Multi-host (a TPU pod slice, a GPU cluster): run the same command on every host with `--multihost`; on TPU
 pods, Slurm and Open MPI nothing else is needed, elsewhere add `--coordinator_address=HOST:PORT
@@ -22,7 +24,7 @@ from ml_collections.config_flags import config_flags
 
 from idfer_jax.configuration import ConfigError, check_override_flags
 
-COMMANDS = ("train", "evaluate", "crossval")
+COMMANDS = ("train", "evaluate", "crossval", "bench")
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/baseline_synthetic.py[:smoke].", lock_config=True
@@ -32,6 +34,16 @@ _FOLDS = flags.DEFINE_integer(
     "folds", None, "crossval: number of subject-independent folds (sets config.data.num_folds; "
     "k-fold protocol only)."
 )
+_RECIPES = flags.DEFINE_string(
+    "recipes", "own", "bench: 'own' (CONFIG's recipe), 'all', or a comma list; the others' configs are "
+    "CONFIG's siblings with the same dataset (configs/<recipe>_<dataset>.py), on CONFIG's data and batch.")
+_DEVICES = flags.DEFINE_string("devices", "1,all", "bench: device counts, e.g. 1,2,4,all.")
+_DTYPES = flags.DEFINE_string("dtypes", "float32,bfloat16", "bench: computation dtypes.")
+_INPUTS = flags.DEFINE_string(
+    "inputs", "memory,pipeline", "bench: in-memory batches (the step alone) and/or the real pipeline.")
+_STEPS = flags.DEFINE_integer("steps", 20, "bench: timed steps per measurement (after the first).")
+_TORCH = flags.DEFINE_bool(
+    "torch", True, "bench: also time the PyTorch reference of the baseline (needs torch installed).")
 _MULTIHOST = flags.DEFINE_bool(
     "multihost", False, "Join a multi-host JAX system (jax.distributed.initialize) before anything else: "
     "TPU pods, Slurm and Open MPI need nothing more; elsewhere give the three flags below."
@@ -80,6 +92,7 @@ def main(argv: list[str]) -> None:
         with config.unlocked():
             config.data.num_folds = _FOLDS.value
     # Imported after flag parsing: importing JAX and TFDS takes seconds.
+    from idfer_jax.bench.run import BenchError
     from idfer_jax.data.errors import DataError
     from idfer_jax.train.checkpoint import CheckpointMismatchError
     from idfer_jax.train.distributed import DistributedSetupError
@@ -90,7 +103,7 @@ def main(argv: list[str]) -> None:
 
             distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
         _run_command(commands[0], config, workdir)
-    except (DataError, CheckpointMismatchError, DistributedSetupError) as e:
+    except (BenchError, DataError, CheckpointMismatchError, DistributedSetupError) as e:
         # The user's data or workdir, not a bug: the message says what to do, a traceback would bury it.
         print(f"idfer: error: {e}", file=sys.stderr, flush=True)
         sys.exit(1)
@@ -107,6 +120,14 @@ def _run_command(command: str, config, workdir: str) -> None:
         acc = summary["mean_std"]["accuracy"]
         announce(f"Accuracy {acc['mean']:.4f} +- {acc['std']:.4f} over {summary['num_folds']} folds; "
                  f"report: {workdir}/crossval_report.md")
+    elif command == "bench":
+        from ml_collections import config_flags
+
+        from idfer_jax.bench import run as bench
+
+        bench.bench(config_flags.get_config_filename(flags.FLAGS["config"]), config, workdir,
+                    recipes=_RECIPES.value, devices=_DEVICES.value, dtypes=_DTYPES.value,
+                    inputs=_INPUTS.value, steps=_STEPS.value, with_torch=_TORCH.value)
     else:
         results = api.evaluate(config, workdir)
         identity = results["identity_leakage"]

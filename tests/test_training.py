@@ -123,6 +123,17 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous(smoke_config, tmp_
     assert "unreadable" in capsys.readouterr().out
 
 
+def test_resuming_with_other_loader_workers_is_refused_not_restarted(smoke_config, tmp_path):
+    config = _short(smoke_config, steps=4)
+    api.train(config, str(tmp_path))
+    saved = sorted(os.listdir(tmp_path / "checkpoints"))
+    config.train.num_steps = 8
+    config.data.worker_count = 1
+    with pytest.raises(ckpt_lib.CheckpointMismatchError, match="worker_count"):
+        api.train(config, str(tmp_path))
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == saved and "4" in saved
+
+
 MULTI_DEVICE_SCRIPT = r"""
 import os, sys, json
 import jax

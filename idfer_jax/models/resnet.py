@@ -18,6 +18,8 @@ import chex
 import flax.linen as nn
 import jax.numpy as jnp
 
+from idfer_jax.models import cpu_kernels
+
 __all__ = [
     "BLOCKS",
     "NORMS",
@@ -276,6 +278,7 @@ class ResNet(nn.Module):
             use_bias=not use_norm,
             dtype=self.dtype,
             kernel_init=_conv_init,
+            conv_general_dilated=cpu_kernels.conv_general_dilated,
         )
         norm = functools.partial(
             _normalize, kind=self.norm, train=train, momentum=self.bn_momentum, dtype=self.dtype
@@ -288,7 +291,7 @@ class ResNet(nn.Module):
                 x = conv(stem_width, (7, 7), strides=2, padding=((3, 3), (3, 3)),
                          name="stem_conv")(x)
                 x = nn.relu(norm(x, name="stem_norm"))
-                x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+                x = cpu_kernels.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
             else:
                 x = conv(stem_width, (3, 3), name="stem_conv")(x)
                 x = nn.relu(norm(x, name="stem_norm"))

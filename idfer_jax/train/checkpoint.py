@@ -138,17 +138,15 @@ class Checkpointer:
                 items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
             try:
                 restored = self._manager.restore(step, args=ocp.args.Composite(**items))
-            except ValueError as e:
-                if "does not match dataloader" not in str(e):
-                    raise
-                # grain refuses an iterator state of another loader (worker count, sampler): that is
-                # this workdir's run with other settings, and starting afresh would bury it.
-                raise CheckpointMismatchError(
-                    f"Checkpoint {step} in {self.directory} holds the input pipeline's position for "
-                    f"other loader settings: {str(e).splitlines()[0]} Rerun with the data.worker_count "
-                    "and batch size that made it, or use a new --workdir."
-                ) from e
             except Exception as e:  # noqa: BLE001 - any unreadable checkpoint falls back
+                if isinstance(e, ValueError) and "does not match dataloader" in str(e):
+                    # grain refuses an iterator state of another loader (worker count, sampler): that
+                    # is this workdir's run with other settings, and starting afresh would bury it.
+                    raise CheckpointMismatchError(
+                        f"Checkpoint {step} in {self.directory} holds the input pipeline's position for "
+                        f"other loader settings: {str(e).splitlines()[0]} Rerun with the "
+                        "data.worker_count and batch size that made it, or use a new --workdir."
+                    ) from e
                 logging.warning(
                     "Checkpoint %d in %s could not be restored (%s: %s); trying the previous one.",
                     step, self.directory, type(e).__name__, e,

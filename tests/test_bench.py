@@ -76,8 +76,8 @@ def test_pytorch_reference_is_the_same_network_as_the_baseline(smoke_config):
     # Non-trivial norm scales and running statistics, so every copied array matters.
     leaves, tree = jax.tree.flatten(variables)
     keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
-    variables = jax.tree.unflatten(tree, [
-        v + 0.2 * jax.random.uniform(k, v.shape) if v.ndim == 1 else v for v, k in zip(leaves, keys)])
+    variables = jax.tree.unflatten(tree, [v + 0.2 * jax.random.uniform(k, v.shape) if v.ndim == 1 else v
+                                          for v, k in zip(leaves, keys, strict=True)])
     preset = resnet_config(config.model.backbone)
     preset["stem"] = config.model.stem
     reference = torch_reference.build_resnet(preset, num_classes=7, in_channels=3)

@@ -98,7 +98,7 @@ def test_install_cell_keeps_an_installed_tensorflow(has_tensorflow, tmp_path, mo
 def test_quickstart_notebook_executes(smoke_data_dir, compilation_cache, tmp_path, monkeypatch):
     workdir = tmp_path / "quickstart"
     notebook = _execute("quickstart.ipynb", monkeypatch, compilation_cache,
-                        TFDS_DATA_DIR=smoke_data_dir, IDFER_WORKDIR=str(workdir))
+                        TFDS_DATA_DIR=smoke_data_dir, IDFER_WORKDIR=str(workdir), IDFER_STEPS="300")
     outputs = _text(notebook)
     assert "held-out accuracy" in outputs and "identity probe" in outputs
     assert (workdir / "report.md").exists()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -70,8 +71,6 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
 def max_pool(x, window: Sequence[int], strides: Sequence[int], padding: Sequence[tuple[int, int]]):
     """`nn.max_pool(x, window, strides, padding)` for NHWC maps with explicit padding."""
     if not _on_cpu():
-        import flax.linen as nn
-
         return nn.max_pool(x, tuple(window), strides=tuple(strides), padding=tuple(padding))
     (pt, pb), (pl, pr) = padding
     (kh, kw), (sh, sw) = window, strides

@@ -140,22 +140,17 @@ def train_step_throughput(preset: dict[str, Any], *, batch_size: int, image_shap
     run = torch.compile(step) if compile else step
     model.train()
 
-    def sync():
+    def timed(num_steps: int) -> float:
+        start = time.perf_counter()
+        for _ in range(num_steps):
+            loss = run(images, labels)
+        loss.item()  # waits for the last step
         if device.startswith("cuda"):
             torch.cuda.synchronize()
+        return time.perf_counter() - start
 
-    start = time.perf_counter()
-    for _ in range(warmup_steps):
-        loss = run(images, labels)
-    float(loss)
-    sync()
-    warmup_s = time.perf_counter() - start
-    start = time.perf_counter()
-    for _ in range(steps):
-        loss = run(images, labels)
-    float(loss)
-    sync()
-    seconds = time.perf_counter() - start
+    warmup_s = timed(warmup_steps)
+    seconds = timed(steps)
     return {"framework": "pytorch", "torch_version": torch.__version__, "threads": torch.get_num_threads(),
             "warmup_s": warmup_s, "step_s": seconds / steps, "images_per_s": batch_size * steps / seconds,
             "channels_last": channels_last, "bf16": bf16, "compile": compile, "device": device}

@@ -74,12 +74,7 @@ def measure(config, build_method, *, input: str, steps: int, devices=None,
     trainer = trainer or trainer_lib.Trainer(config, build_method, devices)
     batch_size = int(config.train.batch_size)
     state = trainer.initial_state()
-    step_fn = jax.jit(
-        trainer_lib.make_train_step(trainer.method),
-        in_shardings=(trainer.replicated, trainer.batch_sharding),
-        out_shardings=(trainer.replicated, trainer.replicated),
-        donate_argnums=0,
-    )
+    step_fn = trainer.jitted_train_step()
     if input == "memory":
         fixed = trainer_lib.to_global(_local(random_batch(trainer, batch_size)), trainer.batch_sharding)
 

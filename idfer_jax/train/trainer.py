@@ -177,6 +177,15 @@ class Trainer:
             state = state.replace(model_state={**state.model_state, **frozen})
         return state
 
+    def jitted_train_step(self) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+        """The sharded step `train` runs (and `idfer bench` times): state replicated, batch split."""
+        return jax.jit(
+            make_train_step(self.method),
+            in_shardings=(self.replicated, self.batch_sharding),
+            out_shardings=(self.replicated, self.replicated),
+            donate_argnums=0,
+        )
+
     def abstract_state(self) -> TrainState:
         shapes = jax.eval_shape(
             lambda r: init_state(self.method, r, self.sample_batch()), jax.random.PRNGKey(0)
@@ -230,12 +239,7 @@ class Trainer:
         else:
             writers.announce(f"Resuming from checkpoint at step {start_step} in {workdir}.")
 
-        train_step = jax.jit(
-            make_train_step(self.method),
-            in_shardings=(self.replicated, self.batch_sharding),
-            out_shardings=(self.replicated, self.replicated),
-            donate_argnums=0,
-        )
+        train_step = self.jitted_train_step()
         writer = writers.MetricWriter(workdir)
         progress = writers.Progress(num_steps, config.train.batch_size, start_step)
         log_every = max(1, int(config.train.log_every))

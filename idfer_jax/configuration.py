@@ -14,8 +14,10 @@ from collections.abc import Sequence
 
 import ml_collections
 
+from idfer_jax.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """An unknown config key or a config file that cannot be loaded."""
 
 

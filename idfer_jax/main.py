@@ -23,6 +23,7 @@ from absl import app, flags, logging
 from ml_collections.config_flags import config_flags
 
 from idfer_jax.configuration import ConfigError, check_override_flags
+from idfer_jax.errors import UserError
 
 COMMANDS = ("train", "evaluate", "crossval", "bench")
 
@@ -91,19 +92,13 @@ def main(argv: list[str]) -> None:
             )
         with config.unlocked():
             config.data.num_folds = _FOLDS.value
-    # Imported after flag parsing: importing JAX and TFDS takes seconds.
-    from idfer_jax.bench.run import BenchError
-    from idfer_jax.data.errors import DataError
-    from idfer_jax.train.checkpoint import CheckpointMismatchError
-    from idfer_jax.train.distributed import DistributedSetupError
-
     try:
         if _MULTIHOST.value or _COORDINATOR.value:
             from idfer_jax.train import distributed
 
             distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
         _run_command(commands[0], config, workdir)
-    except (BenchError, DataError, CheckpointMismatchError, DistributedSetupError) as e:
+    except UserError as e:
         # The user's data or workdir, not a bug: the message says what to do, a traceback would bury it.
         print(f"idfer: error: {e}", file=sys.stderr, flush=True)
         sys.exit(1)

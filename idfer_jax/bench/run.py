@@ -17,13 +17,14 @@ from typing import Any
 import jax
 
 from idfer_jax import methods
+from idfer_jax.errors import UserError
 from idfer_jax.bench import throughput
 from idfer_jax.configuration import load_config_file
 from idfer_jax.train import trainer as trainer_lib
 from idfer_jax.train.writers import announce
 
 
-class BenchError(ValueError):
+class BenchError(UserError, ValueError):
     """A bench option that cannot be measured as given; the message says what to pass."""
 
 

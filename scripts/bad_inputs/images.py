@@ -1,0 +1,7 @@
+"""Bad-input cases of kind 'images' for scripts/check_bad_inputs.py."""
+
+from __future__ import annotations
+
+from scripts.bad_inputs import Case
+
+CASES: list[Case] = []

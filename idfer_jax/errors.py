@@ -11,3 +11,11 @@ from __future__ import annotations
 
 class UserError(Exception):
     """An error caused by the user's input, files or environment; the message says how to fix it."""
+
+    exit_code = 1  # what `idfer` exits with
+
+
+class Interrupted(UserError):
+    """The user stopped the run (Ctrl-C); the message says where the same command resumes from."""
+
+    exit_code = 130  # the shell's code for a process ended by SIGINT

@@ -101,7 +101,7 @@ def main(argv: list[str]) -> None:
     except UserError as e:
         # The user's data or workdir, not a bug: the message says what to do, a traceback would bury it.
         print(f"idfer: error: {e}", file=sys.stderr, flush=True)
-        sys.exit(1)
+        sys.exit(e.exit_code)
 
 
 def _run_command(command: str, config, workdir: str) -> None:

@@ -21,6 +21,9 @@ def data(**overrides) -> ml_collections.ConfigDict:
     c.manifest = ""  # image_folder: CSV with path, expression[, subject, sequence, yaw, split] columns
     c.class_names = ()  # the run's classes, selected and ordered; () = the dataset's own
     c.class_map = ""  # 'from:to,...' renames/merges dataset classes before selection ('x:' drops x)
+    # Largest image read when preparing (pixels; 0 = no limit). Replaces Pillow's decompression-bomb
+    # limit (~179 MP), which refuses genuine 200 MP phone photos; 500 MP decode to ~1.5 GB of RGB.
+    c.max_image_pixels = 500_000_000
     c.protocol = "kfold"  # kfold | loso | official
     c.num_folds = 10  # the standard for CK+, Oulu-CASIA, MMI; the synthetic configs use 5
     c.fold = 0

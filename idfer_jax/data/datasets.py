@@ -113,7 +113,17 @@ def builder_kwargs(data_config) -> dict:
     """Extra builder arguments a builder derives from the data config (e.g. image_folder's pattern)."""
     module = importlib.import_module(DATASET_MODULES[data_config.name])
     make = getattr(module, "builder_kwargs_from_config", None)
-    return make(data_config) if make else {}
+    if make:
+        return make(data_config)
+    from idfer_jax.data import face_builder, image_folder
+
+    try:
+        cls = tfds.builder_cls(data_config.name)
+    except tfds.core.registered.DatasetNotFoundError:
+        return {}
+    if issubclass(cls, face_builder.FaceBuilder):
+        return {"max_image_pixels": image_folder.max_image_pixels(data_config)}
+    return {}
 
 
 def load_builder(data_config) -> tfds.core.DatasetBuilder:
@@ -176,32 +186,63 @@ def read_labels(source, keys: Sequence[str], batch: int = 256) -> dict[str, np.n
 # Classes
 
 
-def parse_class_map(spec: str | None) -> dict[str, str]:
-    """'happy:happiness, scream:' -> {'happy': 'happiness', 'scream': ''} ('' drops the class)."""
+def parse_class_map(spec: str | dict | None) -> dict[str, str]:
+    """'happy:happiness, scream:' -> {'happy': 'happiness', 'scream': ''} ('' drops the class).
+
+    Names are cleaned of invisible differences (`face_builder.clean_text`: spaces, byte-order marks,
+    zero-width characters, Unicode compatibility forms).
+    """
+    from idfer_jax.data.face_builder import clean_text
+
+    items = spec.items() if isinstance(spec, dict) else [
+        tuple(item.split(":", 1)) if ":" in item else (item,) for item in (spec or "").split(",")]
     out = {}
-    for item in (spec or "").split(","):
-        if not item.strip():
-            continue
-        if ":" not in item:
-            raise DataError(f"class_map entry {item!r} is not of the form 'from:to'.")
-        src, dst = (s.strip() for s in item.split(":", 1))
+    for item in items:
+        if len(item) == 1:
+            if not clean_text(item[0]):
+                continue
+            raise DataError(f"class_map entry {item[0]!r} is not of the form 'from:to' (e.g. "
+                            "--config.data.class_map='1:surprise,2:fear').")
+        src, dst = (clean_text(str(s)) for s in item)
+        if not src:
+            raise DataError(f"class_map entry {':'.join(item)!r} has no class before the ':'.")
         out[src] = dst
     return out
 
 
+def _mapped(name: str, class_map: dict[str, str]) -> str:
+    """`name` through `class_map`, matching its keys ignoring case and invisible differences."""
+    from idfer_jax.data.face_builder import label_key
+
+    keys = {label_key(k): v for k, v in class_map.items()}
+    return keys.get(label_key(name), name)
+
+
 def class_lookup(dataset_classes: Sequence[str], run_classes: Sequence[str], class_map: dict,
                  dataset: str) -> np.ndarray:
-    """Maps each dataset class index to a run class index, or -1 for classes the run leaves out."""
-    run_index = {c: i for i, c in enumerate(run_classes)}
-    lookup = np.full(len(dataset_classes), -1, np.int64)
-    for i, c in enumerate(dataset_classes):
-        lookup[i] = run_index.get(class_map.get(c, c), -1)
-    missing = sorted(set(run_classes) - {class_map.get(c, c) for c in dataset_classes})
+    """Maps each dataset class index to a run class index, or -1 for classes the run leaves out.
+
+    Class names match ignoring case and invisible differences (`face_builder.label_key`).
+    """
+    from idfer_jax.data.face_builder import label_key
+
+    run_index = {label_key(c): i for i, c in enumerate(run_classes)}
+    mapped = [_mapped(c, class_map) for c in dataset_classes]
+    lookup = np.asarray([run_index.get(label_key(m), -1) if m else -1 for m in mapped], np.int64)
+    have = {label_key(m) for m in mapped if m}
+    missing = [c for c in run_classes if label_key(c) not in have]
     if missing:
-        raise DataError(
-            f"{dataset} has no class {', '.join(missing)} (its classes: {', '.join(dataset_classes)}). "
-            "Fix --config.data.class_names, or map a class onto it with --config.data.class_map."
-        )
+        after = [m for m in mapped if m]
+        if class_map and after != list(dataset_classes):
+            classes = (f"its classes after class_map: {', '.join(dict.fromkeys(after))}; before: "
+                       f"{', '.join(dataset_classes)}")
+            fix = ("class_names names the classes after class_map: fix --config.data.class_names, or "
+                   "--config.data.class_map.")
+        else:
+            classes = f"its classes: {', '.join(dataset_classes)}"
+            fix = ("Fix --config.data.class_names, or map a class onto it with --config.data.class_map "
+                   "(e.g. '1:surprise').")
+        raise DataError(f"{dataset} has no class {', '.join(missing)} ({classes}). {fix}")
     return lookup
 
 
@@ -258,6 +299,7 @@ def _test_config(data_config):
         merged.manual_dir = test.get("manual_dir") or ""
         merged.config = test.get("config") or data_config.config
         merged.test = None
+        merged.is_test_set = True  # a test set may lack some of the run's classes
     return merged
 
 
@@ -300,8 +342,9 @@ def open_dataset(data_config) -> Dataset:
     dataset_classes = [tuple(b.info.features["expression"].names) for b in builders]
     run_classes = tuple(data_config.get("class_names") or ()) or dataset_classes[0]
     class_map = parse_class_map(data_config.get("class_map"))
-    lookups = [class_lookup(c, run_classes, class_map, n)
-               for c, n in zip(dataset_classes, names, strict=True)]
+    # image_folder applies class_map to its labels while preparing (its classes are class_names already).
+    lookups = [class_lookup(c, run_classes, {} if _maps_own_classes(b) else class_map, n)
+               for b, c, n in zip(builders, dataset_classes, names, strict=True)]
 
     if test_config is not None:
         splits = [(builders[0], "train"),
@@ -369,6 +412,9 @@ def open_dataset(data_config) -> Dataset:
             "test_subjects": [[int(s) for s in f] for f in folds],
             "test_subject_names": [[subject_names.get(int(s), str(s)) for s in f] for f in folds],
         }
+    # Every class must have images in the training dataset; a cross-dataset test set may lack some.
+    own = np.isin(part_of, [i for i, (b, _) in enumerate(splits) if b is builders[0]])
+    _check_every_class_has_records(labels["expression"][usable & own], run_classes, names[:1])
     dropped = [c for c, i in zip(dataset_classes[0], lookups[0], strict=True) if i < 0]
     fold_file.update(
         dataset=names[0] if test_config is None else f"{names[0]} -> {names[1]}",
@@ -387,6 +433,23 @@ def open_dataset(data_config) -> Dataset:
         has_neutral=all("neutral_image" in f for f in features),
     )
     return Dataset(source, labels, train_idx, test_idx, spec, fold_file)
+
+
+def _maps_own_classes(builder) -> bool:
+    return bool(getattr(builder.builder_config, "class_map", ()))
+
+
+def _check_every_class_has_records(expression: np.ndarray, run_classes: Sequence[str],
+                                   names: Sequence[str]) -> None:
+    """A run class no record has would train an output that is never right (and halve chance)."""
+    counts = np.bincount(expression, minlength=len(run_classes))
+    empty = [c for c, n in zip(run_classes, counts, strict=True) if n == 0]
+    if empty:
+        kept = ",".join(f"'{c}'" for c, n in zip(run_classes, counts, strict=True) if n)
+        raise DataError(
+            f"{' + '.join(names)} has no images of class(es) {', '.join(empty)}. Remove them from "
+            f"--config.data.class_names (e.g. --config.data.class_names=\"({kept})\"), or add their images."
+        )
 
 
 def label_source(builder, split: str):

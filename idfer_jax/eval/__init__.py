@@ -5,6 +5,7 @@ This package works on numpy/JAX arrays only and never imports ``models``, ``meth
 
 from idfer_jax.eval.metrics import (
     ConfusionAccumulator,
+    chance_accuracy,
     confusion_matrix,
     masked_accuracy,
     mean_and_std,
@@ -39,6 +40,7 @@ from idfer_jax.eval.report import (
 
 __all__ = [
     "ConfusionAccumulator",
+    "chance_accuracy",
     "RidgeFit",
     "comparison_table",
     "confusion_matrix",

@@ -16,6 +16,7 @@ import numpy as np
 
 __all__ = [
     "ConfusionAccumulator",
+    "chance_accuracy",
     "confusion_matrix",
     "masked_accuracy",
     "mean_and_std",
@@ -160,6 +161,25 @@ class ConfusionAccumulator:
         """
         self._require_examples()
         return float(np.nanmean(self.per_class_recall))
+
+
+def chance_accuracy(matrix) -> float:
+    """Accuracy of guessing uniformly among the classes the evaluated data really holds.
+
+    ``1 / k`` where ``k`` is the number of rows (true classes) of the ``(K, K)`` confusion ``matrix``
+    with at least one example: a test fold holding 2 of 4 classes has chance 1/2, not 1/4 (guessing
+    among the 2 classes a fold holds is what a model that ignores the image can reach on it).
+
+    Raises:
+      ValueError: when ``matrix`` is not square or holds no example.
+    """
+    matrix = np.asarray(matrix)
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+        raise ValueError(f"chance_accuracy needs a square (K, K) confusion matrix, got {matrix.shape}.")
+    present = int((matrix.sum(axis=1) > 0).sum())
+    if present == 0:
+        raise ValueError("chance_accuracy: the confusion matrix holds no example.")
+    return 1.0 / present
 
 
 def masked_accuracy(logits, labels, mask=None) -> float:

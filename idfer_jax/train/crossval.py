@@ -85,6 +85,8 @@ def _fold_row(r: dict) -> dict:
         "fold": r["fold"],
         "accuracy": r["accuracy"],
         "mean class accuracy": r["mean_class_accuracy"],
+        # Chance among the classes each fold's test set holds.
+        "chance": r.get("chance") or E.chance_accuracy(r["confusion_matrix"]),
         "test images": r["num_test_images"],
         "test subjects": r["num_test_subjects"],
     }
@@ -142,7 +144,8 @@ def write_outputs(workdir: str, config, summary: dict, per_fold: list[dict]) -> 
     acc = summary["mean_std"]["accuracy"]
     headline = (f"Accuracy **{acc['mean']:.4f} +- {acc['std']:.4f}** (mean +- population std over "
                 f"{summary['num_folds']} folds; pooled over all test images: "
-                f"{summary['pooled_accuracy']:.4f}; chance {1 / len(names):.4f}).")
+                f"{summary['pooled_accuracy']:.4f}; chance {summary['mean_std']['chance']['mean']:.4f}, "
+                "mean over folds of 1 / the classes each test fold holds).")
     identity = summary["mean_std"].get("identity probe (linear)")
     if identity:
         chance = summary["mean_std"]["identity chance"]["mean"]

@@ -117,6 +117,9 @@ def evaluate(config, workdir: str, build_method: BuildMethod, devices=None) -> d
         "num_test_subjects": int(len(np.unique(out["subject"][out["subject"] >= 0]))),
         "accuracy": float(acc.accuracy),
         "mean_class_accuracy": float(acc.mean_class_accuracy),
+        # Chance among the classes this test fold holds (a fold may lack a rare class).
+        "chance": E.chance_accuracy(acc.matrix),
+        "num_test_classes": int((acc.matrix.sum(axis=1) > 0).sum()),
         "confusion_matrix": acc.matrix.tolist(),
         "class_names": list(spec.class_names),
         "identity_leakage": identity,
@@ -313,7 +316,7 @@ def write_outputs(workdir: str, results: dict) -> None:
     with open(os.path.join(workdir, "eval_results.json"), "w") as f:
         json.dump(results, f, indent=1)
 
-    chance = 1.0 / len(names)
+    chance = results.get("chance") or E.chance_accuracy(matrix)  # among the classes the fold holds
     summary = [{
         "accuracy": results["accuracy"],
         "mean class accuracy": results["mean_class_accuracy"],

@@ -136,8 +136,8 @@ class Affectnet(fb.FaceBuilder):
         with open(os.fspath(table), newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f)
             first = next(reader, [])
-            if first and first[0].strip().lstrip("\ufeff") == _COLUMNS[0]:
-                header = [h.strip().lstrip("\ufeff") for h in first]
+            if first and fb.clean_text(first[0]) == _COLUMNS[0]:
+                header = [fb.clean_text(h) for h in first]
                 if not set(_COLUMNS) <= set(header):
                     raise fb.ManualDataError(
                         f"{table} lacks the column(s) {', '.join(sorted(set(_COLUMNS) - set(header)))}. "

@@ -34,9 +34,6 @@ FER2013 table, in the manual directory, and in its `FERPlus/` or `FERPlus-master
 
 from __future__ import annotations
 
-import csv
-import io
-
 import numpy as np
 from etils import epath
 
@@ -53,12 +50,10 @@ _SIZE = 48
 
 def _read_table(path: epath.Path) -> list[dict[str, str]]:
     """Rows of a CSV file as dicts, header names stripped (icml_face_data.csv has ' Usage', ' pixels')."""
-    reader = csv.reader(io.StringIO(path.read_text().lstrip("\ufeff"), newline=""))
-    try:
-        header = [h.strip() for h in next(reader)]
-    except StopIteration:
-        raise fb.ManualDataError(f"{path} is empty. Replace it with the file from the download.") from None
-    return [dict(zip(header, (v.strip() for v in row), strict=False)) for row in reader if row]
+    header, rows = fb.read_csv(path)  # byte-order mark and stray spaces in the header removed
+    if not header:
+        raise fb.ManualDataError(f"{path} is empty. Replace it with the file from the download.")
+    return [dict(zip(header, (v.strip() for v in row), strict=False)) for row in rows]
 
 
 def _check_columns(path: epath.Path, rows: list[dict], columns: tuple[str, ...]) -> None:

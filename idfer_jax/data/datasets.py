@@ -412,9 +412,6 @@ def open_dataset(data_config) -> Dataset:
             "test_subjects": [[int(s) for s in f] for f in folds],
             "test_subject_names": [[subject_names.get(int(s), str(s)) for s in f] for f in folds],
         }
-    # Every class must have images in the training dataset; a cross-dataset test set may lack some.
-    own = np.isin(part_of, [i for i, (b, _) in enumerate(splits) if b is builders[0]])
-    _check_every_class_has_records(labels["expression"][usable & own], run_classes, names[:1])
     dropped = [c for c, i in zip(dataset_classes[0], lookups[0], strict=True) if i < 0]
     fold_file.update(
         dataset=names[0] if test_config is None else f"{names[0]} -> {names[1]}",
@@ -432,6 +429,9 @@ def open_dataset(data_config) -> Dataset:
         pose_keys=pose_keys,
         has_neutral=all("neutral_image" in f for f in features),
     )
+    # Every class must have images in the training dataset; a cross-dataset test set may lack some.
+    own = np.isin(part_of, [i for i, (b, _) in enumerate(splits) if b is builders[0]])
+    _check_every_class_has_records(labels["expression"][usable & own], run_classes, names[:1])
     return Dataset(source, labels, train_idx, test_idx, spec, fold_file)
 
 

@@ -242,7 +242,6 @@ def read_image(path, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> Image
                     image.load()
                 finally:
                     Image.MAX_IMAGE_PIXELS = saved
-        ImageOps.exif_transpose(image, in_place=True)
     except ImageTooLargeError:
         raise
     except Exception as e:  # PIL raises several types for truncated or non-image files
@@ -250,6 +249,10 @@ def read_image(path, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> Image
             f"Cannot read image {path}: {e}. Replace it with the original file from the dataset "
             "archive (or delete it), then run the same command again; nothing was written."
         ) from e
+    try:
+        ImageOps.exif_transpose(image, in_place=True)
+    except Exception:  # a malformed EXIF block: the pixels are fine, keep them as stored
+        pass
     return image
 
 

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging
 
 from idfer_jax.data import protocols
 from idfer_jax.data.errors import DataError
@@ -441,15 +442,19 @@ def _maps_own_classes(builder) -> bool:
 
 def _check_every_class_has_records(expression: np.ndarray, run_classes: Sequence[str],
                                    names: Sequence[str]) -> None:
-    """A run class no record has would train an output that is never right (and halve chance)."""
+    """A run class no record has trains an output that is never right (and lowers chance).
+
+    A user's own folder refuses it while preparing (`image_folder`); for a benchmark (e.g. a partial
+    download) the run goes on, with a warning naming the classes.
+    """
     counts = np.bincount(expression, minlength=len(run_classes))
     empty = [c for c, n in zip(run_classes, counts, strict=True) if n == 0]
     if empty:
         kept = ",".join(f"'{c}'" for c, n in zip(run_classes, counts, strict=True) if n)
-        raise DataError(
-            f"{' + '.join(names)} has no images of class(es) {', '.join(empty)}. Remove them from "
-            f"--config.data.class_names (e.g. --config.data.class_names=\"({kept})\"), or add their images."
-        )
+        logging.warning(
+            "%s has no images of class(es) %s: their outputs are never trained. Remove them from "
+            "--config.data.class_names (e.g. --config.data.class_names=\"(%s)\") unless that is intended.",
+            " + ".join(names), ", ".join(empty), kept)
 
 
 def label_source(builder, split: str):

@@ -150,7 +150,16 @@ def load_builder(data_config) -> tfds.core.DatasetBuilder:
                 f"that holds the {name} download.\n{builder.MANUAL_DOWNLOAD_INSTRUCTIONS or ''}"
             )
         download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
-        builder.download_and_prepare(file_format="array_record", download_config=download_config)
+        try:
+            builder.download_and_prepare(file_format="array_record", download_config=download_config)
+        except OSError as e:
+            if isinstance(e, DataError) or e.errno is None:
+                raise
+            raise DataError(
+                f"Cannot prepare {dataset_name(data_config)} in data_dir {directory}: "
+                f"{os.strerror(e.errno)} ({e.filename or directory}). Pass a data_dir you may write to "
+                "(and with free space) with --config.data.data_dir."
+            ) from e
     return builder
 
 

@@ -30,6 +30,6 @@ def evaluate(config, workdir: str, *, devices=None) -> dict:
     return evaluate_lib.evaluate(config, workdir, methods.build, devices)
 
 
-def crossval(config, workdir: str, *, devices=None) -> dict:
+def crossval(config, workdir: str, *, devices=None, restart: bool = False) -> dict:
     """Trains and evaluates every fold of the protocol (resuming finished ones); pooled report."""
-    return crossval_lib.crossval(config, workdir, methods.build, devices=devices)
+    return crossval_lib.crossval(config, workdir, methods.build, devices=devices, restart=restart)

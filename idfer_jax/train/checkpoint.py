@@ -280,6 +280,10 @@ class Checkpointer:
                 continue
             if move_corrupt:
                 self._move_aside(corrupt, fallback=step)
+            else:
+                for bad, reason in corrupt:
+                    print(f"WARNING: checkpoint {bad} in {self.directory} is unreadable ({reason[:200]}); "
+                          f"using checkpoint {step} (the next `idfer train` moves it aside).", flush=True)
             return step, restored["state"]
         if corrupt:
             listed = ", ".join(str(s) for s, _ in corrupt)
@@ -287,7 +291,8 @@ class Checkpointer:
                 raise NoUsableCheckpointError(
                     f"No checkpoint in {self.directory} can be read (step {listed}: "
                     f"{corrupt[0][1][:200]}), so this run cannot resume. To start over from step 0 "
-                    "in this workdir, rerun with --restart (the unreadable checkpoints are moved to "
+                    "in this workdir, rerun `idfer train` with --restart (the unreadable checkpoints are "
+                    "moved to "
                     f"{os.path.join(os.path.dirname(self.directory), CORRUPT_DIR)}, not deleted); or "
                     "use a new --workdir."
                 )

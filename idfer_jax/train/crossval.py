@@ -83,15 +83,18 @@ def _check_split(path: str, fold_file: dict) -> None:
         )
 
 
-def crossval(config, workdir: str, build_method: BuildMethod, *, devices=None) -> dict:
-    """Runs (or resumes) every fold of `config.data`'s protocol and writes the pooled report."""
+def crossval(config, workdir: str, build_method: BuildMethod, *, devices=None, restart: bool = False) -> dict:
+    """Runs (or resumes) every fold of `config.data`'s protocol and writes the pooled report.
+
+    The workdir is locked for the whole cross-validation; a rerun with another split is refused before
+    anything is written. `restart`: a fold whose checkpoints are all unreadable starts over."""
     is_main = jax.process_index() == 0
     lock = workdir_lib.locked(workdir, "idfer crossval") if is_main else contextlib.nullcontext()
     with lock:
-        return _crossval(config, os.fspath(workdir), build_method, devices=devices)
+        return _crossval(config, os.fspath(workdir), build_method, devices=devices, restart=restart)
 
 
-def _crossval(config, workdir: str, build_method: BuildMethod, *, devices=None) -> dict:
+def _crossval(config, workdir: str, build_method: BuildMethod, *, devices=None, restart: bool) -> dict:
     protocol = datasets.open_dataset(config.data)
     num_folds = protocol.num_folds
     is_main = jax.process_index() == 0
@@ -114,7 +117,7 @@ def _crossval(config, workdir: str, build_method: BuildMethod, *, devices=None) 
         if results is None:
             announce(f"== fold {fold + 1}/{num_folds} -> {fold_dir}")
             cfg = fold_config(config, fold)
-            Trainer(cfg, build_method, devices).train(fold_dir)
+            Trainer(cfg, build_method, devices).train(fold_dir, restart=restart)
             results = evaluate_lib.evaluate(cfg, fold_dir, build_method, devices)
             seconds.append(time.time() - start)
         else:

@@ -17,9 +17,12 @@ def load_config(spec: str):
     return load_config_file(spec)
 
 
-def train(config, workdir: str, *, devices=None, hooks: Iterable = ()) -> trainer_lib.TrainResult:
-    """Trains `config.method` (or resumes the run in `workdir`) and returns the final state."""
-    return trainer_lib.Trainer(config, methods.build, devices).train(workdir, hooks=hooks)
+def train(config, workdir: str, *, devices=None, hooks: Iterable = (),
+          restart: bool = False) -> trainer_lib.TrainResult:
+    """Trains `config.method` (or resumes the run in `workdir`) and returns the final state.
+
+    `restart`: when every checkpoint in `workdir` is unreadable, start over (they are moved aside)."""
+    return trainer_lib.Trainer(config, methods.build, devices).train(workdir, hooks=hooks, restart=restart)
 
 
 def evaluate(config, workdir: str, *, devices=None) -> dict:
@@ -27,6 +30,6 @@ def evaluate(config, workdir: str, *, devices=None) -> dict:
     return evaluate_lib.evaluate(config, workdir, methods.build, devices)
 
 
-def crossval(config, workdir: str, *, devices=None) -> dict:
+def crossval(config, workdir: str, *, devices=None, restart: bool = False) -> dict:
     """Trains and evaluates every fold of the protocol (resuming finished ones); pooled report."""
-    return crossval_lib.crossval(config, workdir, methods.build, devices=devices)
+    return crossval_lib.crossval(config, workdir, methods.build, devices=devices, restart=restart)

@@ -161,7 +161,16 @@ def load_builder(data_config) -> tfds.core.DatasetBuilder:
                 f"that holds the {name} download.\n{builder.MANUAL_DOWNLOAD_INSTRUCTIONS or ''}"
             )
         download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
-        builder.download_and_prepare(file_format="array_record", download_config=download_config)
+        try:
+            builder.download_and_prepare(file_format="array_record", download_config=download_config)
+        except OSError as e:
+            if isinstance(e, DataError) or e.errno is None:
+                raise
+            raise DataError(
+                f"Cannot prepare {dataset_name(data_config)} in data_dir {directory}: "
+                f"{os.strerror(e.errno)} ({e.filename or directory}). Pass a data_dir you may write to "
+                "(and with free space) with --config.data.data_dir."
+            ) from e
     return builder
 
 
@@ -381,8 +390,7 @@ def open_dataset(data_config) -> Dataset:
     source = MappedSource(parts)
     labels = {k: np.concatenate([c[k] for c in columns]) for k in columns[0]}
     part_of = labels.pop("part")
-    subject_names = {int(s): n.decode() if isinstance(n, bytes) else str(n)
-                     for s, n in zip(labels["subject"], labels.pop("subject_name"), strict=True) if s >= 0}
+    subject_names = _subject_names(labels["subject"], labels.pop("subject_name"))
     usable = labels["expression"] >= 0
 
     if len(splits) == 2:  # official split or cross-dataset: the split is given
@@ -473,10 +481,20 @@ def _folds(data_config, protocol: str, subjects: np.ndarray, names: dict[int, st
         )
     path = data_config.get("fold_file")
     if path:
-        return protocols.folds_from_file(path, names or {int(s): str(s) for s in np.unique(subjects)})
+        return protocols.folds_from_file(os.path.expanduser(path), names)
     if protocol == "loso":
         return protocols.leave_one_subject_out(subjects)
     return protocols.subject_folds(subjects, int(data_config.num_folds), int(data_config.split_seed))
+
+
+def _subject_names(subjects: np.ndarray, raw_names: np.ndarray) -> dict[int, str]:
+    """Subject id -> the name a fold file records. A dataset without names (the synthetic faces) or with
+    names that do not tell its subjects apart is named by id ('0', '1', ...), so fold files replay."""
+    names = {int(s): n.decode() if isinstance(n, bytes) else str(n)
+             for s, n in zip(subjects, raw_names, strict=True) if s >= 0}
+    if any(not n for n in names.values()) or len(set(names.values())) < len(names):
+        return {s: str(s) for s in names}
+    return names
 
 
 def write_fold_file(dataset: Dataset, path: str) -> None:

@@ -1,17 +1,42 @@
-"""Checkpoints: a thin wrapper over orbax's CheckpointManager.
+"""Checkpoints: a thin wrapper over orbax's CheckpointManager, and the rule for resuming a run.
 
 One checkpoint holds everything a run needs to continue exactly: the train state (params, model state,
 every player's optimizer state, step, rng), the grain data-iterator state and the config. The state is
 restored against an abstract target that carries the *current* shardings, so a checkpoint written on 8
-devices restores on 1. A checkpoint that cannot be read is reported and the previous one is used, so a
-crash during a save never costs more than one save interval.
+devices restores on 1.
+
+**What a resume accepts.** Running `idfer train` again on a workdir that holds checkpoints resumes the
+newest one, and only if the config is the one that made it, except for these keys (`RESUMABLE_KEYS`):
+
+- `train.num_steps`, to extend a run (never below the checkpoint's step: that run is already past it;
+  evaluate it, or train in a new workdir). The learning-rate schedule and any ramp tied to the step budget
+  (cosine decay, milestones, adversary warm-ups) are then laid over the new total from the resumed step on,
+  so an extended run is not bit-identical to one started with the larger budget;
+- `train.log_every`, `train.checkpoint_every`, `train.keep_checkpoints`, `train.async_checkpoints`;
+- everything under `eval.` (evaluation never changes the trained state);
+- where the data lives: `data.data_dir`, `data.manual_dir`, `data.test.manual_dir`.
+
+Every other change (learning rate, optimizer, schedule, model, method, seed, dtype, adversary, the data,
+its split or its pipeline: batch size, augmentation, worker count...) would continue a run under settings
+that did not make it, so it is refused with a `CheckpointMismatchError` that names each key with its old
+and new value: rerun with the original values, or use a new `--workdir`. A key the checkpoint does not
+record (added to the library after it was written) is not compared.
+
+**Corrupt checkpoints.** A checkpoint that cannot be read (a truncated or deleted file, unreadable config
+metadata) is moved aside to `<workdir>/corrupt_checkpoints/<step>-<time>` (never deleted), with a warning,
+and the previous one is used; training then redoes and saves that step again. If every checkpoint is
+unreadable, training refuses to start over (`NoUsableCheckpointError`) unless asked to (`restart=True`,
+`idfer train --restart`); the unreadable ones are then moved aside the same way.
 """
 
 from __future__ import annotations
 
+import datetime
+import errno
 import json
 import os
-from collections.abc import Sequence
+import shutil
+from collections.abc import Iterable
 from typing import Any
 
 import grain
@@ -21,38 +46,62 @@ from absl import logging
 
 from idfer_jax.errors import UserError
 
-# Config entries that define what the parameters mean; a checkpoint made under other values is not
-# this run's. Schedules, log intervals and step counts may change between a run and its resumption.
-IDENTITY_KEYS: tuple[str, ...] = (
-    "method",
-    "model",
-    "seed",
-    "data.name",
-    "data.config",
-    "data.protocol",
-    "data.class_names",
-    "data.class_map",
-    "data.fold_file",
-    "data.test.name",
-    "data.image_size",
-    "data.fold",
-    "data.num_folds",
-    "data.split_seed",
-    "train.batch_size",
+# Config keys (a key, or a whole block ending in '.') that may differ between a run and its resumption.
+RESUMABLE_KEYS: tuple[str, ...] = (
+    "train.num_steps",
+    "train.log_every",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+    "train.async_checkpoints",
+    "eval.",
+    "data.data_dir",
+    "data.manual_dir",
+    "data.test.manual_dir",
 )
+CORRUPT_DIR = "corrupt_checkpoints"  # beside checkpoints/, outside orbax's view
 
 
 class CheckpointMismatchError(UserError, ValueError):
     """The work directory holds a checkpoint of another config."""
 
 
-def _lookup(config: dict, dotted: str) -> Any:
-    value: Any = config
-    for part in dotted.split("."):
-        if not isinstance(value, dict) or part not in value:
-            return None
-        value = value[part]
-    return _as_json(value)
+class NoUsableCheckpointError(UserError):
+    """Every checkpoint in the work directory is unreadable, and starting over was not asked for."""
+
+
+class WorkdirError(UserError, OSError):
+    """The work directory cannot be created, written or locked; the message names the path."""
+
+
+def workdir_error(e: OSError, path: str, doing: str) -> WorkdirError:
+    """One line for an OSError met while `doing` something with `path`."""
+    reason = os.strerror(e.errno) if e.errno else (str(e) or type(e).__name__)
+    hints = {
+        errno.ENOSPC: "free some space, or pass a --workdir on another disk",
+        errno.EDQUOT: "free some space, or pass a --workdir on another disk",
+        errno.EROFS: "pass a --workdir on a writable file system",
+        errno.EACCES: "pass a --workdir you may write to",
+        errno.EPERM: "pass a --workdir you may write to",
+        errno.ENOTDIR: "a part of the path is a file; pass a --workdir that is (or can become) a directory",
+        errno.EEXIST: "a file of that name is in the way; pass another --workdir",
+    }
+    hint = hints.get(e.errno, "check the path, or pass another --workdir")
+    where = getattr(e, "filename", None) or path
+    err = WorkdirError(f"Cannot {doing} {where}: {reason}; {hint}.")
+    err.errno = e.errno
+    return err
+
+
+def _flatten(config: Any, prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}, with tuples turned to lists as JSON does."""
+    if isinstance(config, dict):
+        out: dict[str, Any] = {}
+        for k, v in config.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        if not config and prefix:
+            out[prefix[:-1]] = {}
+        return out
+    return {prefix[:-1]: _as_json(config)}
 
 
 def _as_json(value: Any) -> Any:
@@ -64,48 +113,97 @@ def _as_json(value: Any) -> Any:
     return value
 
 
-def check_compatible(saved: dict, current: dict, keys: Sequence[str] = IDENTITY_KEYS) -> None:
-    """Raises CheckpointMismatchError naming every identity key whose value differs."""
-    diffs = [
-        f"{k}: checkpoint {_lookup(saved, k)!r} vs now {_lookup(current, k)!r}"
-        for k in keys
-        if _lookup(saved, k) != _lookup(current, k)
-    ]
+def _resumable(key: str, allowed: Iterable[str]) -> bool:
+    return any(key == a or (a.endswith(".") and key.startswith(a)) for a in allowed)
+
+
+def config_differences(saved: dict, current: dict,
+                       allowed: Iterable[str] = RESUMABLE_KEYS) -> list[tuple[str, Any, Any]]:
+    """(key, checkpoint value, current value) of every key a resume may not change."""
+    allowed = tuple(allowed)
+    old, new = _flatten(saved), _flatten(current)
+    return [(k, old[k], new[k]) for k in sorted(old.keys() & new.keys())
+            if old[k] != new[k] and not _resumable(k, allowed)]
+
+
+def check_compatible(saved: dict, current: dict, allowed: Iterable[str] = RESUMABLE_KEYS, *,
+                     where: str = "The work directory") -> None:
+    """Raises CheckpointMismatchError naming every key a resume may not change that did change."""
+    diffs = config_differences(saved, current, allowed)
     if diffs:
+        shown = "; ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, a, b in diffs[:8])
+        more = f" (and {len(diffs) - 8} more)" if len(diffs) > 8 else ""
+        originals = " ".join(f"--config.{k}={_flag_value(a)}" for k, a, _ in diffs[:3])
         raise CheckpointMismatchError(
-            "The work directory holds a checkpoint of a different config ("
-            + "; ".join(diffs)
-            + "). Use a new --workdir, or rerun with the config that made the checkpoint."
+            f"{where} holds a checkpoint of a different config: {shown}{more}. A resume may change only "
+            "the step budget, log/checkpoint intervals, eval.* and data locations. Use a new --workdir "
+            f"for the new settings, or rerun with the original values ({originals}"
+            f"{' ...' if len(diffs) > 3 else ''})."
         )
+
+
+def _flag_value(value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def read_saved_config(step_dir: str) -> dict:
+    """The config recorded in one checkpoint step folder (raises OSError / ValueError if unreadable)."""
+    with open(os.path.join(step_dir, "config", "metadata")) as f:
+        saved = json.load(f)
+    if not isinstance(saved, dict):
+        raise ValueError(f"config metadata is a {type(saved).__name__}, not an object")
+    return saved
+
+
+def newest_saved_config(directory: str) -> tuple[int, dict] | tuple[None, None]:
+    """(step, config) of the newest checkpoint under `directory` whose config reads, without orbax."""
+    if not os.path.isdir(directory):
+        return None, None
+    steps = sorted((int(n) for n in os.listdir(directory) if n.isdigit()), reverse=True)
+    for step in steps:
+        try:
+            return step, read_saved_config(os.path.join(directory, str(step)))
+        except (OSError, ValueError):
+            continue
+    return None, None
 
 
 class Checkpointer:
     """Saves and restores (state, data iterator, config) under `directory`."""
 
-    def __init__(self, directory: str, *, save_every: int, keep: int, async_save: bool = True):
+    def __init__(self, directory: str, *, save_every: int, keep: int, async_save: bool = True,
+                 create: bool = True):
         self.directory = os.path.abspath(directory)
         options = ocp.CheckpointManagerOptions(
             save_interval_steps=max(1, int(save_every)),
             max_to_keep=max(1, int(keep)),
-            create=True,
+            create=create,
             enable_async_checkpointing=async_save,
         )
-        self._manager = ocp.CheckpointManager(
-            self.directory,
-            options=options,
-            item_names=("state", "data", "config"),
-            item_handlers={
-                "state": ocp.StandardCheckpointHandler(),
-                "data": grain.checkpoint.CheckpointHandler(),
-                "config": ocp.JsonCheckpointHandler(),
-            },
-        )
+        try:
+            self._manager = ocp.CheckpointManager(
+                self.directory,
+                options=options,
+                item_names=("state", "data", "config"),
+                item_handlers={
+                    "state": ocp.StandardCheckpointHandler(),
+                    "data": grain.checkpoint.CheckpointHandler(),
+                    "config": ocp.JsonCheckpointHandler(),
+                },
+            )
+        except OSError as e:
+            raise workdir_error(e, self.directory, "create the checkpoint folder") from e
 
     def steps(self) -> list[int]:
         return sorted(self._manager.all_steps())
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
+
+    def should_save(self, step: int) -> bool:
+        return self._manager.should_save(step)
 
     def save(self, step: int, state, data_iterator, config: dict, *, force: bool = False) -> bool:
         items = {
@@ -114,25 +212,54 @@ class Checkpointer:
         }
         if data_iterator is not None:
             items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
-        return self._manager.save(step, args=ocp.args.Composite(**items), force=force)
+        try:
+            return self._manager.save(step, args=ocp.args.Composite(**items), force=force)
+        except Exception as e:
+            self._reraise(e, step)
+            raise
+
+    def _reraise(self, e: Exception, step: int | None) -> None:
+        """A full disk or lost permission while saving is the user's to fix: one line naming the path.
+        Raises that WorkdirError when `e` comes from an OSError; returns otherwise."""
+        cause: BaseException | None = e
+        while cause is not None and not isinstance(cause, OSError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None or isinstance(e, UserError):
+            return
+        latest = [s for s in self.steps() if s != step]
+        kept = (f" The last complete checkpoint (step {latest[-1]}) is kept." if latest else "")
+        what = f"save checkpoint {step} in" if step is not None else "save a checkpoint in"
+        err = workdir_error(cause, self.directory, what)
+        raise WorkdirError(f"{err}{kept}") from e
 
     def saved_config(self, step: int) -> dict:
-        path = os.path.join(self.directory, str(step), "config", "metadata")
-        if os.path.exists(path):
-            with open(path) as f:
-                return json.load(f)
+        path = os.path.join(self.directory, str(step))
+        if os.path.exists(os.path.join(path, "config", "metadata")):
+            return read_saved_config(path)
         restored = self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
         return restored["config"]
 
-    def restore_latest(self, abstract_state, data_iterator=None, *, config: dict | None = None):
+    def restore_latest(self, abstract_state, data_iterator=None, *, config: dict | None = None,
+                       move_corrupt: bool = True, restart: bool = False):
         """Restores the newest readable checkpoint; returns (step, state) or (None, None).
 
         `abstract_state` is a pytree of jax.ShapeDtypeStruct with the target shardings. The data
-        iterator, when given, is restored in place.
+        iterator, when given, is restored in place. `config`, when given, must be one a resume accepts
+        (see the module docstring). Unreadable checkpoints newer than the restored one are moved aside
+        (`move_corrupt`) once a readable one of this config is found, so nothing changes in the
+        workdir before the config check passes. If checkpoints exist and none is readable,
+        NoUsableCheckpointError, unless `restart` (they are then moved aside and (None, None) returned).
         """
+        corrupt: list[tuple[int, str]] = []
         for step in reversed(self.steps()):
+            try:
+                saved = self.saved_config(step)
+            except Exception as e:  # noqa: BLE001 - unreadable config metadata: a corrupt checkpoint
+                corrupt.append((step, f"its config metadata is unreadable ({type(e).__name__}: {e})"))
+                continue
             if config is not None:
-                check_compatible(self.saved_config(step), config)
+                check_compatible(saved, config, where=f"The work directory {os.path.dirname(self.directory)} "
+                                 f"(checkpoint {step})")
             if data_iterator is not None:
                 self._check_data_layout(step)
             items = {"state": ocp.args.StandardRestore(abstract_state)}
@@ -149,18 +276,60 @@ class Checkpointer:
                         f"other loader settings: {str(e).splitlines()[0]} Rerun with the "
                         "data.worker_count and batch size that made it, or use a new --workdir."
                     ) from e
-                logging.warning(
-                    "Checkpoint %d in %s could not be restored (%s: %s); trying the previous one.",
-                    step, self.directory, type(e).__name__, e,
-                )
-                print(
-                    f"WARNING: checkpoint {step} in {self.directory} is unreadable "
-                    f"({type(e).__name__}); falling back to the previous checkpoint.",
-                    flush=True,
-                )
+                corrupt.append((step, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"))
                 continue
+            if move_corrupt:
+                self._move_aside(corrupt, fallback=step)
+            else:
+                for bad, reason in corrupt:
+                    print(f"WARNING: checkpoint {bad} in {self.directory} is unreadable ({reason[:200]}); "
+                          f"using checkpoint {step} (the next `idfer train` moves it aside).", flush=True)
             return step, restored["state"]
+        if corrupt:
+            listed = ", ".join(str(s) for s, _ in corrupt)
+            if not restart:
+                raise NoUsableCheckpointError(
+                    f"No checkpoint in {self.directory} can be read (step {listed}: "
+                    f"{corrupt[0][1][:200]}), so this run cannot resume. To start over from step 0 "
+                    "in this workdir, rerun `idfer train` with --restart (the unreadable checkpoints are "
+                    "moved to "
+                    f"{os.path.join(os.path.dirname(self.directory), CORRUPT_DIR)}, not deleted); or "
+                    "use a new --workdir."
+                )
+            if move_corrupt:
+                self._move_aside(corrupt, fallback=None)
         return None, None
+
+    def _move_aside(self, corrupt: list[tuple[int, str]], fallback: int | None) -> None:
+        """Moves unreadable step folders out of orbax's view, so those steps can be saved again."""
+        if not corrupt:
+            return
+        if jax.process_index() == 0:
+            target_root = os.path.join(os.path.dirname(self.directory), CORRUPT_DIR)
+            stamp = datetime.datetime.now().strftime("%Y%m%dT%H%M%S")
+            for step, reason in corrupt:
+                source = os.path.join(self.directory, str(step))
+                target = os.path.join(target_root, f"{step}-{stamp}")
+                n = 1
+                while os.path.exists(target):
+                    n += 1
+                    target = os.path.join(target_root, f"{step}-{stamp}-{n}")
+                try:
+                    os.makedirs(target_root, exist_ok=True)
+                    shutil.move(source, target)
+                except OSError as e:
+                    raise workdir_error(e, source, "move the unreadable checkpoint") from e
+                then = (f"resuming from checkpoint {fallback}" if fallback is not None
+                        else "starting over from step 0 (--restart)")
+                logging.warning("Checkpoint %d in %s is unreadable (%s); moved to %s.",
+                                step, self.directory, reason, target)
+                print(f"WARNING: checkpoint {step} in {self.directory} is unreadable ({reason[:200]}); "
+                      f"moved it to {target} and {then}.", flush=True)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("idfer_jax: corrupt checkpoints moved aside")
+        self._manager.reload()
 
     def _check_data_layout(self, step: int) -> None:
         """Each process checkpoints its own input position; another number of processes cannot resume
@@ -180,11 +349,20 @@ class Checkpointer:
             )
 
     def wait(self) -> None:
-        self._manager.wait_until_finished()
+        try:
+            self._manager.wait_until_finished()
+        except Exception as e:
+            self._reraise(e, None)
+            raise
 
     def close(self) -> None:
-        self._manager.wait_until_finished()
-        self._manager.close()
+        try:
+            self._manager.wait_until_finished()
+        except Exception as e:
+            self._reraise(e, None)
+            raise
+        finally:
+            self._manager.close()
 
 
 def abstract_like(tree, sharding) -> Any:

@@ -17,6 +17,7 @@ Every fold is evaluated at its last checkpoint: no model is selected on a test f
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -26,7 +27,9 @@ import numpy as np
 
 from idfer_jax import eval as E
 from idfer_jax.data import datasets
+from idfer_jax.train import checkpoint as ckpt_lib
 from idfer_jax.train import evaluate as evaluate_lib
+from idfer_jax.train import workdir as workdir_lib
 from idfer_jax.train.trainer import BuildMethod, Trainer
 from idfer_jax.train.writers import announce
 
@@ -38,33 +41,83 @@ def fold_config(config, fold: int):
     return config
 
 
-def _finished(fold_dir: str, num_steps: int) -> dict | None:
+def _finished(fold_dir: str, num_steps: int, config) -> dict | None:
+    """The fold's results when it was trained to `num_steps` and evaluated, by this config."""
     path = os.path.join(fold_dir, "eval_results.json")
     if not os.path.exists(path):
         return None
-    with open(path) as f:
-        results = json.load(f)
-    return results if results.get("checkpoint_step") == num_steps else None
+    try:
+        with open(path) as f:
+            results = json.load(f)
+    except (OSError, ValueError):
+        return None  # unreadable: evaluate the fold again
+    if not isinstance(results, dict) or results.get("checkpoint_step") != num_steps:
+        return None
+    step, saved = ckpt_lib.newest_saved_config(os.path.join(fold_dir, "checkpoints"))
+    if saved is not None:
+        ckpt_lib.check_compatible(saved, config.to_dict(), where=f"The fold folder {fold_dir} "
+                                  f"(checkpoint {step})")
+    return results
 
 
-def crossval(config, workdir: str, build_method: BuildMethod, *, devices=None) -> dict:
-    """Runs (or resumes) every fold of `config.data`'s protocol and writes the pooled report."""
+_SPLIT_KEYS = ("protocol", "num_folds", "seed", "test_subjects", "dataset", "class_names")
+
+
+def _check_split(path: str, fold_file: dict) -> None:
+    """A cross-validation workdir holds one split: refuse another before anything is written."""
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except (OSError, ValueError):
+        return  # none, or unreadable: nothing to protect
+    if not isinstance(saved, dict):
+        return
+    diffs = [f"{k}: {saved.get(k)!r} there, {fold_file.get(k)!r} now" for k in _SPLIT_KEYS
+             if k in saved and saved.get(k) != json.loads(json.dumps(fold_file.get(k)))]
+    if diffs:
+        raise ckpt_lib.CheckpointMismatchError(
+            f"{os.path.dirname(path)} holds a cross-validation of another split ({path}: "
+            + "; ".join(d[:200] for d in diffs)
+            + "). Use a new --workdir, or rerun with the data settings that made it (e.g. the same "
+            "data.split_seed and data.num_folds)."
+        )
+
+
+def crossval(config, workdir: str, build_method: BuildMethod, *, devices=None, restart: bool = False) -> dict:
+    """Runs (or resumes) every fold of `config.data`'s protocol and writes the pooled report.
+
+    The workdir is locked for the whole cross-validation; a rerun with another split is refused before
+    anything is written. `restart`: a fold whose checkpoints are all unreadable starts over."""
+    is_main = jax.process_index() == 0
+    lock = workdir_lib.locked(workdir, "idfer crossval") if is_main else contextlib.nullcontext()
+    with lock:
+        return _crossval(config, os.fspath(workdir), build_method, devices=devices, restart=restart)
+
+
+def _crossval(config, workdir: str, build_method: BuildMethod, *, devices=None, restart: bool) -> dict:
     protocol = datasets.open_dataset(config.data)
     num_folds = protocol.num_folds
     is_main = jax.process_index() == 0
-    if is_main:
-        os.makedirs(workdir, exist_ok=True)
-        datasets.write_fold_file(protocol, os.path.join(workdir, "folds.json"))
+    folds_path = os.path.join(workdir, "folds.json")
+    _check_split(folds_path, protocol.fold_file)
     num_steps = int(config.train.num_steps)
+    # Every fold that is done must be this config's before anything is written.
+    done = {fold: _finished(os.path.join(workdir, f"fold_{fold}"), num_steps, fold_config(config, fold))
+            for fold in range(num_folds)}
+    if is_main:
+        try:
+            datasets.write_fold_file(protocol, folds_path)
+        except OSError as e:
+            raise ckpt_lib.workdir_error(e, folds_path, "write") from e
     per_fold, seconds = [], []
     for fold in range(num_folds):
         fold_dir = os.path.join(workdir, f"fold_{fold}")
-        results = _finished(fold_dir, num_steps)
+        results = done[fold]
         start = time.time()
         if results is None:
             announce(f"== fold {fold + 1}/{num_folds} -> {fold_dir}")
             cfg = fold_config(config, fold)
-            Trainer(cfg, build_method, devices).train(fold_dir)
+            Trainer(cfg, build_method, devices).train(fold_dir, restart=restart)
             results = evaluate_lib.evaluate(cfg, fold_dir, build_method, devices)
             seconds.append(time.time() - start)
         else:

@@ -13,6 +13,7 @@ The trainer never names a method: `train(config, workdir, build_method)` takes a
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -28,7 +29,9 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from idfer_jax.data import pipeline
+from idfer_jax.errors import Interrupted, UserError
 from idfer_jax.train import checkpoint as ckpt_lib
+from idfer_jax.train import workdir as workdir_lib
 from idfer_jax.train import writers
 from idfer_jax.train.interface import Method, owned
 
@@ -192,92 +195,147 @@ class Trainer:
         )
         return ckpt_lib.abstract_like(shapes, self.replicated)
 
-    def checkpointer(self, workdir: str) -> ckpt_lib.Checkpointer:
+    def checkpointer(self, workdir: str, *, create: bool = True) -> ckpt_lib.Checkpointer:
         t = self.config.train
         return ckpt_lib.Checkpointer(
             os.path.join(workdir, "checkpoints"),
             save_every=t.checkpoint_every,
             keep=t.keep_checkpoints,
             async_save=t.get("async_checkpoints", True),
+            create=create,
         )
 
     def restore_variables(self, workdir: str) -> tuple[int, dict]:
-        """The latest checkpoint's (step, variables) for inference."""
-        checkpointer = self.checkpointer(workdir)
+        """The latest checkpoint's (step, variables) for inference. Reads only: an unreadable newest
+        checkpoint is skipped (with a warning) but left where it is."""
+        directory = os.path.join(workdir, "checkpoints")
+        train_first = (f"Train first with `idfer train --config=... --workdir={workdir}` (the same config "
+                       "and workdir), then evaluate.")
+        if not os.path.isdir(directory):
+            raise NoCheckpointError(f"No checkpoint in {workdir} (it has no checkpoints/ folder). "
+                                    f"{train_first}")
+        checkpointer = self.checkpointer(workdir, create=False)
         try:
             step, state = checkpointer.restore_latest(
-                self.abstract_state(), config=self.config.to_dict()
+                self.abstract_state(), config=self.config.to_dict(), move_corrupt=False
             )
         finally:
             checkpointer.close()
         if state is None:
-            raise FileNotFoundError(
-                f"No checkpoint in {os.path.join(workdir, 'checkpoints')}. Train first with "
-                f"`idfer train --config=... --workdir={workdir}` (the same config and workdir)."
-            )
+            raise NoCheckpointError(f"No checkpoint in {directory}. {train_first}")
         return step, state.variables()
 
-    def train(self, workdir: str, hooks: Iterable[Hook] = ()) -> TrainResult:
+    def train(self, workdir: str, hooks: Iterable[Hook] = (), *, restart: bool = False) -> TrainResult:
+        """Trains, or resumes the run in `workdir` (see `checkpoint` for what a resume accepts).
+
+        Nothing in `workdir` is written before the newest checkpoint's config is checked. The workdir is
+        locked for the run (a second run on it is refused, naming this one's pid). `restart`: when every
+        checkpoint in `workdir` is unreadable, start over from step 0 (they are moved aside) instead of
+        refusing. A loss or parameters that become NaN/inf stop the run (`NonFiniteLossError`) before a
+        non-finite state is saved; Ctrl-C stops it with `Interrupted`, saying which step it resumes from.
+        """
+        is_main = jax.process_index() == 0
+        lock = workdir_lib.locked(workdir) if is_main else contextlib.nullcontext(workdir)
+        with lock:
+            return self._train(os.fspath(workdir), list(hooks), restart=restart)
+
+    def _train(self, workdir: str, hooks: list[Hook], *, restart: bool) -> TrainResult:
         config = self.config
         num_steps = int(config.train.num_steps)
         is_main = jax.process_index() == 0
-        if is_main:
-            os.makedirs(workdir, exist_ok=True)
-            with open(os.path.join(workdir, "folds.json"), "w") as f:
-                json.dump(self.dataset.fold_file, f, indent=1)
         loader = pipeline.train_loader(
             self.dataset, config.data, global_batch_size=config.train.batch_size,
             seed=config.seed,
         )
         iterator = iter(loader)
         checkpointer = self.checkpointer(workdir)
-        start_step, state = checkpointer.restore_latest(
-            self.abstract_state(), iterator, config=config.to_dict()
-        )
-        if state is None:
-            start_step, state = 0, self.initial_state()
-        else:
-            writers.announce(f"Resuming from checkpoint at step {start_step} in {workdir}.")
+        self._step = None
+        try:
+            try:
+                start_step, state = checkpointer.restore_latest(
+                    self.abstract_state(), iterator, config=config.to_dict(), restart=restart
+                )
+                stage = self.method.finishing_stage
+                if start_step is not None:
+                    self._check_budget(start_step, num_steps, stage, workdir)
+                # The config check passed: from here on the workdir may be written.
+                if is_main:
+                    _write_json_atomically(os.path.join(workdir, "folds.json"), self.dataset.fold_file)
+                if state is None:
+                    start_step, state = 0, self.initial_state()
+                else:
+                    writers.announce(f"Resuming from checkpoint at step {start_step} in {workdir}.")
+                writer = writers.MetricWriter(workdir, resume_step=start_step)
+            except BaseException:
+                checkpointer.close()
+                raise
+            try:
+                return self._loop(workdir, hooks, checkpointer, writer, iterator, state, start_step)
+            finally:
+                checkpointer.close()
+                writer.close()
+        except KeyboardInterrupt:
+            raise ckpt_interrupted(checkpointer, workdir, num_steps, self._step) from None
 
+    def _check_budget(self, start_step: int, num_steps: int, stage, workdir: str) -> None:
+        final = num_steps + (stage.steps if stage is not None else 0)
+        if start_step > num_steps and start_step != final:
+            raise ckpt_lib.CheckpointMismatchError(
+                f"The run in {workdir} is already at step {start_step}, past train.num_steps={num_steps}: "
+                "there is nothing to train. Evaluate it (`idfer evaluate` with the same config and "
+                f"workdir), extend it with --config.train.num_steps above {start_step}, or train "
+                f"{num_steps} steps in a new --workdir."
+            )
+
+    def _loop(self, workdir, hooks, checkpointer, writer, iterator, state, start_step) -> TrainResult:
+        config = self.config
+        num_steps = int(config.train.num_steps)
+        is_main = jax.process_index() == 0
         train_step = self.jitted_train_step()
-        writer = writers.MetricWriter(workdir)
         progress = writers.Progress(num_steps, config.train.batch_size, start_step)
         log_every = max(1, int(config.train.log_every))
         window: list[dict] = []
+        window_start = start_step + 1
         first_metrics: dict = {}
         last_metrics: dict = {}
-        hooks = list(hooks)
-        try:
-            for step in range(start_step + 1, num_steps + 1):
-                batch = to_global(next(iterator), self.batch_sharding)
-                state, metrics = train_step(state, batch)
-                window.append(metrics)
-                if step == start_step + 1:
-                    first_metrics = _mean(jax.device_get(window))
-                    progress.mark_compiled(step)
-                if step % log_every == 0 or step == num_steps:
-                    last_metrics = _mean(jax.device_get(window))
-                    window = []
-                    line = progress.line(step, last_metrics)
-                    rate = progress.steps_per_sec
-                    if rate == rate:
-                        last_metrics["steps_per_sec"] = rate
-                    writer.write(step, last_metrics)
-                    if is_main:
-                        print(line, flush=True)
-                checkpointer.save(step, state, iterator, config.to_dict(),
-                                  force=step == num_steps)
-                for hook in hooks:
-                    hook(step, state, metrics)
-            stage = self.method.finishing_stage
-            if stage is not None and int(state.step) == num_steps:
+        finite = _finite_check()
+        for step in range(start_step + 1, num_steps + 1):
+            self._step = step
+            batch = to_global(next(iterator), self.batch_sharding)
+            state, metrics = train_step(state, batch)
+            window.append(metrics)
+            if step == start_step + 1:
+                first_metrics = _mean(jax.device_get(window))
+                progress.mark_compiled(step)
+            force = step == num_steps
+            saving = force or checkpointer.should_save(step)
+            if step % log_every == 0 or force:
+                host = jax.device_get(window)
+                self._check_finite(host, window_start, None, checkpointer, workdir)
+                last_metrics = _mean(host)
+                window, window_start = [], step + 1
+                line = progress.line(step, last_metrics)
+                rate = progress.steps_per_sec
+                if rate == rate:
+                    last_metrics["steps_per_sec"] = rate
+                writer.write(step, last_metrics)
                 if is_main:
-                    print(f"Finishing stage: {stage.description} ({stage.steps} steps).", flush=True)
-                state = stage.run(self, state)
-                checkpointer.save(int(state.step), state, iterator, config.to_dict(), force=True)
-        finally:
-            checkpointer.close()
-            writer.close()
+                    print(line, flush=True)
+            if saving:
+                # Never save a state that is not finite: the last good checkpoint must stay the newest.
+                self._check_finite(jax.device_get(window), window_start,
+                                   None if bool(finite(state.params)) else step, checkpointer, workdir)
+            checkpointer.save(step, state, iterator, config.to_dict(), force=force)
+            for hook in hooks:
+                hook(step, state, metrics)
+        stage = self.method.finishing_stage
+        if stage is not None and int(state.step) == num_steps:
+            if is_main:
+                print(f"Finishing stage: {stage.description} ({stage.steps} steps).", flush=True)
+            state = stage.run(self, state)
+            if not bool(finite(state.params)):
+                self._check_finite([], 0, int(state.step), checkpointer, workdir)
+            checkpointer.save(int(state.step), state, iterator, config.to_dict(), force=True)
         return TrainResult(
             state=state,
             start_step=start_step,
@@ -286,6 +344,76 @@ class Trainer:
             last_metrics=last_metrics,
             spec=self.dataset.spec,
         )
+
+    def _check_finite(self, window: list[dict], window_start: int, bad_params_step: int | None,
+                      checkpointer: ckpt_lib.Checkpointer, workdir: str) -> None:
+        """Raises NonFiniteLossError at the first step of `window` whose loss is NaN/inf (or when the
+        parameters after `bad_params_step` are), naming the last good checkpoint."""
+        found = None
+        for i, metrics in enumerate(window):
+            bad = {k: float(v) for k, v in metrics.items()
+                   if (k == "loss" or k.endswith("/loss")) and not np.all(np.isfinite(v))}
+            if bad:
+                found = (window_start + i, ", ".join(f"{k} = {v}" for k, v in bad.items()))
+                break
+        if found is None and bad_params_step is not None:
+            found = (bad_params_step, "the parameters are no longer finite")
+        if found is None:
+            return
+        step, what = found
+        checkpointer.wait()
+        latest = checkpointer.latest_step()
+        kept = (f"The last good checkpoint, step {latest} in {checkpointer.directory}, is kept (nothing "
+                "after the loss diverged was saved)." if latest is not None
+                else "No checkpoint had been saved yet.")
+        lr = self.config.optimizer.get("learning_rate")
+        raise NonFiniteLossError(
+            f"Training diverged at step {step}: {what}. {kept} Lower --config.optimizer.learning_rate "
+            f"(now {lr}) or raise --config.optimizer.warmup_steps, and train in a new --workdir (a resume "
+            "keeps the learning rate)."
+        )
+
+
+class NoCheckpointError(UserError, FileNotFoundError):
+    """The work directory holds no checkpoint to evaluate."""
+
+
+class NonFiniteLossError(UserError, FloatingPointError):
+    """The loss (or the parameters) became NaN or infinite; the run stopped before saving them."""
+
+
+def ckpt_interrupted(checkpointer: ckpt_lib.Checkpointer, workdir: str, num_steps: int,
+                     step: int | None) -> Interrupted:
+    """Ctrl-C: waits for a checkpoint being written, then says which step the same command resumes from."""
+    try:
+        checkpointer.close()
+    except Exception:  # noqa: BLE001 - already closed, or the save itself was cut: report what is there
+        pass
+    at = f"Interrupted at step {step} of {num_steps}" if step else "Interrupted before training started"
+    saved = ckpt_lib.newest_saved_config(checkpointer.directory)[0]
+    if saved is None:
+        return Interrupted(f"{at}; no checkpoint in {workdir} yet: the same command starts over from step 0.")
+    return Interrupted(f"{at}; the newest checkpoint in {workdir} is step {saved}: run the same command to "
+                       f"resume from step {saved}.")
+
+
+def _write_json_atomically(path: str, data) -> None:
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=1)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise ckpt_lib.workdir_error(e, path, "write") from e
+
+
+def _finite_check() -> Callable[[Any], jax.Array]:
+    def all_finite(tree) -> jax.Array:
+        leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+                  if jnp.issubdtype(x.dtype, jnp.inexact)]
+        return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+    return jax.jit(all_finite)
 
 
 def _check_frozen(model_state: dict, frozen: dict) -> None:

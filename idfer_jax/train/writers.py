@@ -2,16 +2,21 @@
 
 Only process 0 writes, so a multi-host run produces one log. The JSONL file is the machine-readable record
 (`metrics.jsonl`, one object per log step, appended across resumptions); TensorBoard reads `tensorboard/`.
+A resumed run first drops the rows of the steps it is about to redo (those after the restored checkpoint;
+the file is rewritten atomically), so every step appears once in `metrics.jsonl`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
 from collections.abc import Mapping
 
 import jax
+
+from idfer_jax.train.checkpoint import workdir_error
 
 
 def announce(message: str) -> None:
@@ -20,14 +25,53 @@ def announce(message: str) -> None:
         print(message, flush=True)
 
 
+def drop_rows_after(path: str, step: int) -> int:
+    """Removes the rows of steps after `step` from a metrics.jsonl (atomically); returns how many.
+
+    A resumed run redoes the steps after its checkpoint and logs them again. Unreadable lines (a row cut
+    by a kill) are dropped too.
+    """
+    if not os.path.exists(path):
+        return 0
+    with open(path, encoding="utf-8", errors="replace") as f:
+        lines = f.readlines()
+    kept = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+            keep = isinstance(row, dict) and int(row.get("step", 0)) <= step
+        except (ValueError, TypeError):
+            keep = False
+        if keep:
+            kept.append(line if line.endswith("\n") else line + "\n")
+    if len(kept) == len(lines):
+        return 0
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(kept)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return len(lines) - len(kept)
+
+
 class MetricWriter:
-    def __init__(self, workdir: str, *, enabled: bool | None = None):
+    """Appends to `workdir/metrics.jsonl` and TensorBoard. `resume_step`: the step the run starts after;
+    rows logged after it by an earlier attempt are dropped first (each step is then logged once)."""
+
+    def __init__(self, workdir: str, *, enabled: bool | None = None, resume_step: int | None = None):
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
         self._jsonl = None
         self._tb = None
         if self.enabled:
-            os.makedirs(workdir, exist_ok=True)
-            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")  # noqa: SIM115
+            self._path = os.path.join(workdir, "metrics.jsonl")
+            try:
+                os.makedirs(workdir, exist_ok=True)
+                if resume_step is not None:
+                    drop_rows_after(self._path, resume_step)
+                self._jsonl = open(self._path, "a")  # noqa: SIM115
+            except OSError as e:
+                raise workdir_error(e, self._path, "write the metrics log") from e
             from tensorboardX import SummaryWriter
 
             self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
@@ -37,15 +81,19 @@ class MetricWriter:
             return
         record = {"step": int(step), "split": split, "time": time.time()}
         record.update({k: float(v) for k, v in scalars.items()})
-        self._jsonl.write(json.dumps(record) + "\n")
-        self._jsonl.flush()
+        try:
+            self._jsonl.write(json.dumps(record) + "\n")
+            self._jsonl.flush()
+        except OSError as e:
+            raise workdir_error(e, self._path, "write the metrics log") from e
         for k, v in scalars.items():
             self._tb.add_scalar(f"{split}/{k}", float(v), int(step))
         self._tb.flush()
 
     def close(self) -> None:
         if self.enabled:
-            self._jsonl.close()
+            with contextlib.suppress(OSError):  # a full disk was reported where it happened
+                self._jsonl.close()
             self._tb.close()
 
 

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from idfer_jax import losses
+from idfer_jax.configuration import ConfigError
 from idfer_jax.data.pipeline import DataSpec
 from idfer_jax.methods import baseline, common
 from idfer_jax.models import FUSION_OPS, ClassifierHead, ResNet, SpatialFusion, build_backbone
@@ -72,11 +73,16 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
     return c
 
 
+def check_config(config) -> None:
+    """The recipe's switches in `config.model` (run when the config is loaded)."""
+    _check(config.model)
+
+
 def _check(m) -> None:
     if m.fusion not in FUSION_OPS:
-        raise ValueError(f"Unknown config.model.fusion {m.fusion!r}; use one of {', '.join(FUSION_OPS)}.")
+        raise ConfigError(f"Unknown config.model.fusion {m.fusion!r}; use one of {', '.join(FUSION_OPS)}.")
     if m.weighting not in WEIGHTINGS:
-        raise ValueError(
+        raise ConfigError(
             f"Unknown config.model.weighting {m.weighting!r} for IDEnNet; use one of "
             f"{', '.join(WEIGHTINGS)}."
         )

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from idfer_jax import losses
+from idfer_jax.configuration import ConfigError
 from idfer_jax.data.pipeline import DataSpec
 from idfer_jax.methods import baseline, common
 from idfer_jax.models import (
@@ -96,17 +97,22 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
     return c
 
 
+def check_config(config) -> None:
+    """The recipe's switches in `config.model` (run when the config is loaded)."""
+    _check(config.model)
+
+
 def _check(m) -> None:
     if m.weighting not in WEIGHTINGS:
-        raise ValueError(
+        raise ConfigError(
             f"Unknown config.model.weighting {m.weighting!r} for PhaNet; use one of "
             f"{', '.join(WEIGHTINGS)}."
         )
     if m.pose not in POSE_MODES:
-        raise ValueError(f"Unknown config.model.pose {m.pose!r}; use one of {', '.join(POSE_MODES)}.")
+        raise ConfigError(f"Unknown config.model.pose {m.pose!r}; use one of {', '.join(POSE_MODES)}.")
     edges = tuple(m.yaw_bin_edges)
     if not edges or any(e <= 0 for e in edges) or list(edges) != sorted(set(edges)):
-        raise ValueError(
+        raise ConfigError(
             f"config.model.yaw_bin_edges={edges} must be ascending positive |yaw| values in degrees, "
             "e.g. (20.0, 40.0)."
         )

@@ -173,6 +173,7 @@ def validate(config) -> None:
     Checks that need the data (batch vs devices, batch vs training set) are the Trainer's.
     """
     from idfer_jax import methods
+    from idfer_jax.data import datasets, pipeline
     from idfer_jax.methods import adversaries
     from idfer_jax.models import resnet
     from idfer_jax.train import optim
@@ -187,6 +188,14 @@ def validate(config) -> None:
     _choice(config, "dtype", DTYPES)
     if "backbone" in config.model:
         _choice(config, "model.backbone", resnet.PRESETS)
+    if config.model.get("norm"):
+        _choice(config, "model.norm", resnet.NORMS)
+    if config.model.get("stem"):  # '' = the backbone preset's own stem
+        _choice(config, "model.stem", resnet.STEMS)
+    _choice(config, "data.partner", pipeline.PARTNER_MODES)
+    test = config.data.get("test")
+    if not (test is not None and test.get("name")):  # a cross-dataset run has its own split
+        _choice(config, "data.protocol", datasets.PROTOCOLS)
     _choice(config, "optimizer.name", optim.OPTIMIZERS)
     _choice(config, "optimizer.schedule", optim.SCHEDULES)
     for key in ("train.batch_size", "train.num_steps", "eval.batch_size", "train.log_every",

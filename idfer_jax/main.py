@@ -10,6 +10,11 @@ Multi-host (a TPU pod slice, a GPU cluster): run the same command on every host 
 pods, Slurm and Open MPI nothing else is needed, elsewhere add `--coordinator_address=HOST:PORT
 --num_processes=N --process_id=I` (colabs/tpu_pod.md has the exact commands).
 
+Errors: anything the user can fix (a config file or value, the data, the workdir, the filesystem) is one
+line on stderr, `idfer: error: <what is wrong> <how to fix it>`, exit code 1 (2 when the command line
+itself is wrong: a missing command or flag, an unknown flag; 130 after Ctrl-C). `--debug` shows the
+traceback instead. Any other exception is a bug: its traceback is kept and the last line says so.
+
 `train` resumes from the newest checkpoint in DIR when there is one, so an interrupted run continues when
 the same command is run again; `crossval` trains and evaluates every fold in DIR/fold_<i> and resumes fold
 by fold the same way.
@@ -134,8 +139,8 @@ def main(argv: list[str]) -> None:
         # from; this is Ctrl-C anywhere else (start-up, preparing data, evaluation).
         if _debug_requested():
             raise
-        _fail("Interrupted (Ctrl-C) before training began or outside it; nothing was lost. Run the same "
-              "command again: train and crossval resume from the last checkpoint in --workdir.", 130)
+        _fail("Interrupted (Ctrl-C) outside the training loop; nothing of yours was lost. Run the same "
+              "command again (train and crossval resume from the last checkpoint in --workdir).", 130)
     except OSError as e:
         # The filesystem refused (permission denied, a directory where a file should be, no space
         # left...): name the path and the problem.

@@ -35,6 +35,10 @@ COMMANDS = ("train", "evaluate", "crossval", "bench")
 USAGE = f"idfer {{{'|'.join(COMMANDS)}}} --config=FILE --workdir=DIR [--config.KEY=VALUE ...]"
 
 
+INTERRUPTED = ("Interrupted (Ctrl-C) outside the training loop; nothing of yours was lost. Run the same "
+               "command again (train and crossval resume from the last checkpoint in --workdir).")
+
+
 class UsageError(UserError):
     """The command line itself cannot be understood (a flag, a command, a required flag missing)."""
 
@@ -139,8 +143,7 @@ def main(argv: list[str]) -> None:
         # from; this is Ctrl-C anywhere else (start-up, preparing data, evaluation).
         if _debug_requested():
             raise
-        _fail("Interrupted (Ctrl-C) outside the training loop; nothing of yours was lost. Run the same "
-              "command again (train and crossval resume from the last checkpoint in --workdir).", 130)
+        _fail(INTERRUPTED, 130)
     except OSError as e:
         # The filesystem refused (permission denied, a directory where a file should be, no space
         # left...): name the path and the problem.
@@ -236,7 +239,12 @@ def _run_command(command: str, config, workdir: str) -> None:
 
 def run() -> None:
     """Console-script entry point."""
-    app.run(main, flags_parser=_parse_flags)
+    try:
+        app.run(main, flags_parser=_parse_flags)
+    except KeyboardInterrupt:  # while the config file loads (it imports the library, JAX included)
+        if _debug_requested(sys.argv):
+            raise
+        _fail(INTERRUPTED, 130)
 
 
 if __name__ == "__main__":

@@ -387,3 +387,18 @@ def test_the_cli_prints_config_faults_as_one_line_and_debug_shows_the_traceback(
     debug = idfer("train", "--config=nosuch.py", f"--workdir={tmp_path}", "--debug")
     assert debug.returncode != 0 and "Traceback (most recent call last)" in debug.stderr
     assert "ConfigError" in debug.stderr
+
+
+def test_ctrl_c_while_the_config_loads_is_one_line_and_exit_130(monkeypatch, capsys):
+    from idfer_jax import main
+
+    def interrupted_while_parsing(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(main.app, "run", interrupted_while_parsing)
+    monkeypatch.setattr(sys, "argv", ["idfer", "train"])
+    with pytest.raises(SystemExit) as exited:
+        main.run()
+    err = capsys.readouterr().err
+    assert exited.value.code == 130 and err.startswith("idfer: error: Interrupted (Ctrl-C)")
+    assert err.count("\n") == 1

@@ -106,7 +106,9 @@ CASES: list[Case] = [
     Case("bench --dtypes=float16", _smoke("--dtypes=float16", command="bench"), expect="--dtypes takes"),
     Case("bench --steps=0", _smoke("--steps=0", command="bench"), expect="at least 1 timed step"),
     Case("bench --recipes=basline", _smoke("--recipes=basline", command="bench"), expect="unknown recipes"),
-    # --- Ctrl-C before training (preparing a fresh data dir) ----------------------------------------
+    # --- Ctrl-C before training (loading the config and JAX; preparing a fresh data dir) ---------------
+    Case("Ctrl-C while the config loads", lambda ctx: ["train", *ctx.smoke()],
+         expect="interrupted (ctrl-c)", exit_code=130, signal_after=1.0, check=_nothing_written),
     Case("Ctrl-C while the data is prepared",
          lambda ctx: ["train", *ctx.smoke(None, f"--config.data.data_dir={ctx.tmp / 'fresh_tfds'}")],
          expect="interrupted (ctrl-c)", exit_code=130, signal_after=8.0),

@@ -156,6 +156,9 @@ def test_every_invalid_value_is_a_config_error_naming_the_key_and_the_fix(key, v
     ("fersnet", "model.identity.kind", "arcface", r"Unknown config.model.identity.kind 'arcface'"),
     ("fersnet", "data.partner", "", r"--config.data.partner=other_expression"),
     ("ipdfer", "model.loss_weights.nosuch", 1.0, r"Unknown IPD-FER loss weights \['nosuch'\]"),
+    ("idennet", "model.fusion_stage", 5, r"fusion_stage=5 is outside the 3 stages of 'resnet_tiny'"),
+    ("phanet", "model.attention_stages", 4, r"config.model.attention_stages=4: 'resnet_tiny' has 3 stages"),
+    ("halawa", "model.branch_stage", 0, r"config.model.branch_stage=0 must leave the trunk at least one"),
 ])
 def test_a_recipe_switch_typo_fails_when_the_config_is_loaded(spec, key, value, message):
     config = api.load_config(str(REPO / "configs" / f"{spec}_synthetic.py") + ":smoke")

@@ -44,6 +44,7 @@ from idfer_jax.models import (
     SpatialAttentionPool,
     build_backbone,
 )
+from idfer_jax.models.resnet import resnet_config
 from idfer_jax.train.interface import Method
 from idfer_jax.train.writers import announce
 
@@ -100,6 +101,15 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
 def check_config(config) -> None:
     """The recipe's switches in `config.model` (run when the config is loaded)."""
     _check(config.model)
+    _attention_stages(config.model, len(resnet_config(config.model.backbone)["widths"]))
+
+
+def _attention_stages(m, num_stages: int) -> None:
+    if not 1 <= m.attention_stages <= num_stages:
+        raise ConfigError(
+            f"config.model.attention_stages={m.attention_stages}: {m.backbone!r} has {num_stages} "
+            f"stages; use 1..{num_stages}."
+        )
 
 
 def _check(m) -> None:
@@ -131,11 +141,7 @@ def build_model(config, data_spec: DataSpec) -> PhaNet:
         m.backbone, norm=m.norm, dtype=dtype, in_channels=data_spec.image_shape[-1], **kwargs
     )
     num_stages = len(backbone.widths)
-    if not 1 <= m.attention_stages <= num_stages:
-        raise ValueError(
-            f"config.model.attention_stages={m.attention_stages}: {m.backbone!r} has {num_stages} "
-            f"stages; use 1..{num_stages}."
-        )
+    _attention_stages(m, num_stages)
     num_scales = int(m.attention_stages)
 
     def classifier(num_classes: int) -> ClassifierHead:

@@ -82,6 +82,10 @@ CASES: list[Case] = [
     _value("unknown optimizer.schedule", "optimizer.schedule", "cosin", "did you mean 'cosine'"),
     _value("dtype typo", "dtype", "bfloat61", "did you mean 'bfloat16'"),
     _value("unknown adversary.formulation", "adversary.formulation", "minimax", "negated_ce"),
+    Case("recipe switch out of range (idennet model.fusion_stage=5)",
+         lambda ctx: ["train", f"--config={SMOKE_FILE.parent / 'idennet_synthetic.py'}:smoke",
+                      *ctx.smoke(None, "--config.model.fusion_stage=5")[1:]],
+         expect="config.model.fusion_stage=5 is outside the 3 stages", check=_nothing_written),
     # --- values ----------------------------------------------------------------------------------
     _value("train.batch_size=0", "train.batch_size", "0", "config.train.batch_size=0"),
     _value("train.num_steps=0", "train.num_steps", "0", "config.train.num_steps=0"),

@@ -22,6 +22,9 @@ by fold the same way.
 
 from __future__ import annotations
 
+import atexit
+import os
+import signal
 import sys
 import traceback
 
@@ -85,11 +88,26 @@ _DEBUG = flags.DEFINE_bool(
     "debug", False, "Show the full Python traceback of an error instead of the one-line message.")
 
 
+_exit_code_at_shutdown: list[int] = []
+
+
 def _fail(message: str, exit_code: int) -> None:
     """The one way `idfer` reports an error: one line on stderr, then exit."""
     message = " ".join(str(message).split())  # one line, whatever the message held
     print(f"idfer: error: {message}", file=sys.stderr, flush=True)
+    if exit_code == 130:
+        _exit_code_at_shutdown.append(exit_code)
     sys.exit(exit_code)
+
+
+def _keep_the_exit_code() -> None:
+    """CPython re-raises SIGINT at exit (status -2, not 130) once a KeyboardInterrupt has crossed a
+    C-level `PyRun_*` call, as one raised while an extension module imports can, even when idfer caught it
+    and said so. Registered first, this runs after every other exit handler, so cleanup still happens."""
+    if _exit_code_at_shutdown:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(_exit_code_at_shutdown[-1])
 
 
 def _debug_requested(argv: list[str] | None = None) -> bool:
@@ -205,6 +223,9 @@ def _main(argv: list[str]) -> None:
         from idfer_jax.train import distributed
 
         distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    from idfer_jax import api  # noqa: F401  (the library's imports, while Ctrl-C still exits at once)
+
+    _ctrl_c_raises()
     _run_command(commands[0], config, workdir)
 
 
@@ -237,14 +258,36 @@ def _run_command(command: str, config, workdir: str) -> None:
                  f"subjects; {leakage}; report: {workdir}/report.md")
 
 
+def _exit_on_ctrl_c(signum, frame) -> None:
+    """SIGINT during start-up (flags, the config file, importing JAX and the library, joining a multi-host
+    system): nothing to save yet, so say so and exit at once. A KeyboardInterrupt raised there instead
+    can abort the interpreter inside an extension module's import, or be swallowed by a C callback."""
+    os.write(2, f"idfer: error: {INTERRUPTED}\n".encode())
+    os._exit(130)
+
+
+def _ctrl_c_raises() -> None:
+    """From here on Ctrl-C is a KeyboardInterrupt again: the training loop turns it into `Interrupted`
+    (naming the step the run resumes from), `main` anything else into one line."""
+    if signal.getsignal(signal.SIGINT) is _exit_on_ctrl_c:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def run() -> None:
     """Console-script entry point."""
+    atexit.register(_keep_the_exit_code)
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is signal.default_int_handler:  # not when the shell has us ignore it (a background job)
+        signal.signal(signal.SIGINT, _exit_on_ctrl_c)
     try:
         app.run(main, flags_parser=_parse_flags)
-    except KeyboardInterrupt:  # while the config file loads (it imports the library, JAX included)
+    except KeyboardInterrupt:
         if _debug_requested(sys.argv):
             raise
         _fail(INTERRUPTED, 130)
+    finally:
+        if signal.getsignal(signal.SIGINT) is _exit_on_ctrl_c:
+            signal.signal(signal.SIGINT, previous)
 
 
 if __name__ == "__main__":

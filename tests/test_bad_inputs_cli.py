@@ -399,9 +399,32 @@ def test_ctrl_c_while_the_config_loads_is_one_line_and_exit_130(monkeypatch, cap
         raise KeyboardInterrupt
 
     monkeypatch.setattr(main.app, "run", interrupted_while_parsing)
+    monkeypatch.setattr(main.atexit, "register", lambda fn: None)  # not pytest's own exit code
     monkeypatch.setattr(sys, "argv", ["idfer", "train"])
     with pytest.raises(SystemExit) as exited:
         main.run()
     err = capsys.readouterr().err
     assert exited.value.code == 130 and err.startswith("idfer: error: Interrupted (Ctrl-C)")
     assert err.count("\n") == 1
+
+
+def test_ctrl_c_exits_at_once_during_start_up_and_raises_again_for_the_command(monkeypatch):
+    """A KeyboardInterrupt raised while JAX's extension modules import can abort the interpreter or be
+    swallowed, so start-up exits at once on SIGINT; the command itself gets KeyboardInterrupt back."""
+    import signal
+
+    from idfer_jax import main
+
+    seen = []
+    monkeypatch.setattr(main.app, "run", lambda *args, **kwargs: seen.append(signal.getsignal(signal.SIGINT)))
+    monkeypatch.setattr(main.atexit, "register", lambda fn: None)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        main.run()
+        assert seen == [main._exit_on_ctrl_c]
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        signal.signal(signal.SIGINT, main._exit_on_ctrl_c)
+        main._ctrl_c_raises()  # what _main does right before running the command
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)

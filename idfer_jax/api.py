@@ -1,35 +1,81 @@
-"""The library's entry points as Python functions (what the CLI and the notebooks call)."""
+"""The library's entry points as Python functions (what the CLI and the notebooks call).
+
+`train`, `evaluate` and `crossval` take the config as a path (`'configs/baseline_synthetic.py:smoke'`) or
+an `ml_collections.ConfigDict` (a FrozenConfigDict too), and the workdir as a str or os.PathLike; anything
+else is a TypeError naming the argument. The config's values are validated before anything is prepared
+or written (`idfer_jax.configuration.validate`).
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 
+import ml_collections
+
 from idfer_jax import methods
-from idfer_jax.configuration import load_config_file
+from idfer_jax.configuration import load_config_file, validate
 from idfer_jax.train import crossval as crossval_lib
 from idfer_jax.train import evaluate as evaluate_lib
 from idfer_jax.train import trainer as trainer_lib
 from idfer_jax.train.distributed import initialize as initialize_multihost  # noqa: F401  (pods, clusters)
 
 
-def load_config(spec: str):
+def load_config(spec: str | os.PathLike) -> ml_collections.ConfigDict:
     """`configs/baseline_synthetic.py:smoke` -> a locked ConfigDict."""
     return load_config_file(spec)
 
 
-def train(config, workdir: str, *, devices=None, hooks: Iterable = (),
+def as_config(config, argument: str = "config") -> ml_collections.ConfigDict:
+    """A config path (str / os.PathLike, with an optional `:arg`) or a ConfigDict -> a validated
+    ConfigDict; TypeError naming `argument` for anything else."""
+    if isinstance(config, (str, os.PathLike)) and not isinstance(config, bytes):
+        config = load_config_file(config)
+    elif isinstance(config, ml_collections.FrozenConfigDict):
+        config = config.as_configdict()
+        config.lock()
+    elif not isinstance(config, ml_collections.ConfigDict):
+        hint = (" Wrap a dict as ml_collections.ConfigDict(d), or better start from a config file "
+                "(api.load_config)." if isinstance(config, dict) else "")
+        raise TypeError(
+            f"`{argument}` must be a config file path such as 'configs/baseline_synthetic.py:smoke' or an "
+            f"ml_collections.ConfigDict (from api.load_config); got {type(config).__name__}.{hint}"
+        )
+    validate(config)
+    return config
+
+
+def as_workdir(workdir, argument: str = "workdir") -> str:
+    """str / os.PathLike -> str; TypeError naming `argument` otherwise, ValueError when empty."""
+    if not isinstance(workdir, (str, os.PathLike)) or isinstance(workdir, bytes):
+        raise TypeError(f"`{argument}` must be a directory path (str or os.PathLike); got "
+                        f"{type(workdir).__name__}.")
+    path = os.fspath(workdir)
+    if not isinstance(path, str):
+        raise TypeError(f"`{argument}` must be a str path; got a {type(path).__name__} path.")
+    if not path:
+        raise ValueError(f"`{argument}` is empty; give the run's directory, e.g. '/tmp/baseline'.")
+    return path
+
+
+def train(config, workdir, *, devices=None, hooks: Iterable = (),
           restart: bool = False) -> trainer_lib.TrainResult:
     """Trains `config.method` (or resumes the run in `workdir`) and returns the final state.
 
     `restart`: when every checkpoint in `workdir` is unreadable, start over (they are moved aside)."""
+    config, workdir = as_config(config), as_workdir(workdir)
     return trainer_lib.Trainer(config, methods.build, devices).train(workdir, hooks=hooks, restart=restart)
 
 
-def evaluate(config, workdir: str, *, devices=None) -> dict:
+def evaluate(config, workdir, *, devices=None) -> dict:
     """Evaluates the last checkpoint in `workdir` on the held-out fold; writes `report.md`."""
+    config, workdir = as_config(config), as_workdir(workdir)
     return evaluate_lib.evaluate(config, workdir, methods.build, devices)
 
 
-def crossval(config, workdir: str, *, devices=None, restart: bool = False) -> dict:
-    """Trains and evaluates every fold of the protocol (resuming finished ones); pooled report."""
+def crossval(config, workdir, *, devices=None, restart: bool = False) -> dict:
+    """Trains and evaluates every fold of the protocol (resuming finished ones); pooled report.
+
+    `restart`: as in `train`, for each fold whose checkpoints are all unreadable."""
+    config, workdir = as_config(config), as_workdir(workdir)
     return crossval_lib.crossval(config, workdir, methods.build, devices=devices, restart=restart)

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
+import inspect
+import math
 import os
+import traceback
 from collections.abc import Sequence
 
 import ml_collections
@@ -42,16 +45,101 @@ def check_key(config: ml_collections.ConfigDict, dotted: str) -> None:
 
 
 def load_config_file(spec: str) -> ml_collections.ConfigDict:
-    """`path/to/config.py[:arg]` -> the file's `get_config(arg)`, locked against new keys."""
+    """`path/to/config.py[:arg]` -> the file's `get_config(arg)`, locked against new keys.
+
+    Every way a config file can fail to load (missing, a directory, not Python, a syntax error, no
+    `get_config`, an argument it does not take or rejects) is a ConfigError naming the file and the fix.
+    """
+    if not isinstance(spec, (str, os.PathLike)):
+        raise TypeError(f"A config spec is a path string such as 'configs/baseline_synthetic.py:smoke'; "
+                        f"got {type(spec).__name__}.")
+    spec = os.fspath(spec)
     path, _, arg = spec.partition(":")
+    where = f"--config={spec}"
+    if not path:
+        raise ConfigError(f"No config file given ({where}); pass one such as "
+                          "--config=configs/baseline_synthetic.py.")
     if not os.path.exists(path):
-        raise ConfigError(f"Config file {path} does not exist (from --config={spec}).")
-    module_spec = importlib.util.spec_from_file_location("idfer_config_file", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    config = module.get_config(arg) if arg else module.get_config()
+        raise ConfigError(f"Config file {path} does not exist (from {where}).{_nearest_file(path)} "
+                          "Config files are the .py files in configs/.")
+    if os.path.isdir(path):
+        raise ConfigError(f"Config file {path} is a directory (from {where}); give one .py file in it, "
+                          "e.g. configs/baseline_synthetic.py.")
+    if not path.endswith(".py"):
+        raise ConfigError(f"Config file {path} is not a Python file (from {where}); a config is a .py "
+                          "file whose get_config() returns an ml_collections.ConfigDict (see configs/).")
+    module = _exec_config_file(path, where)
+    get_config = getattr(module, "get_config", None)
+    if not callable(get_config):
+        raise ConfigError(f"Config file {path} defines no get_config() function; a config file returns its "
+                          "ConfigDict from `def get_config(arg=None):` (see configs/baseline_synthetic.py).")
+    if arg and not _takes_an_argument(get_config):
+        raise ConfigError(f"Config file {path}: get_config() takes no argument, so ':{arg}' cannot be "
+                          f"passed; use --config={path}.")
+    try:
+        config = get_config(arg) if arg else get_config()
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001  (the user's config code: say where, not a traceback)
+        if arg and isinstance(e, (ValueError, KeyError)):
+            raise ConfigError(f"Config file {path} does not take the argument ':{arg}' (from {where}): "
+                              f"{e}") from e
+        what = f"get_config({arg!r})" if arg else "get_config()"
+        raise ConfigError(f"Config file {path}: {what} failed{_line_in(path, e)}: {type(e).__name__}: "
+                          f"{e} (from {where}).") from e
+    if isinstance(config, ml_collections.FrozenConfigDict):
+        config = config.as_configdict()
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ConfigError(f"Config file {path}: get_config() returned {type(config).__name__}, not an "
+                          "ml_collections.ConfigDict" + ("; did you forget `return config`?" if config is None
+                                                         else "; build it with idfer_jax.config_defaults.run "
+                                                         "(see configs/baseline_synthetic.py)."))
     config.lock()
     return config
+
+
+def _exec_config_file(path: str, where: str):
+    module_spec = importlib.util.spec_from_file_location("idfer_config_file", path)
+    module = importlib.util.module_from_spec(module_spec)
+    try:
+        module_spec.loader.exec_module(module)
+    except SyntaxError as e:
+        raise ConfigError(f"Config file {path} has a syntax error at line {e.lineno}: {e.msg} "
+                          f"(from {where}). Fix the file; `python -m py_compile {path}` shows the "
+                          "spot.") from e
+    except OSError as e:
+        raise ConfigError(f"Config file {path} cannot be read: {e.strerror or e} (from {where}).") from e
+    except Exception as e:  # noqa: BLE001  (the user's config code: say where, not a traceback)
+        raise ConfigError(f"Config file {path} failed to load{_line_in(path, e)}: {type(e).__name__}: {e} "
+                          f"(from {where}).") from e
+    return module
+
+
+def _takes_an_argument(fn) -> bool:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return True
+    return any(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL) for p in params)
+
+
+def _line_in(path: str, error: BaseException) -> str:
+    """' at line N' of the innermost frame of `error`'s traceback that is in the config file."""
+    line = None
+    for frame in traceback.extract_tb(error.__traceback__):
+        if os.path.abspath(frame.filename) == os.path.abspath(path):
+            line = frame.lineno
+    return f" at line {line}" if line else ""
+
+
+def _nearest_file(path: str) -> str:
+    directory, name = os.path.split(path)
+    try:
+        siblings = [f for f in os.listdir(directory or ".") if f.endswith(".py")]
+    except OSError:
+        return ""
+    close = difflib.get_close_matches(name, siblings, n=1)
+    return f" Did you mean {os.path.join(directory, close[0])}?" if close else ""
 
 
 def check_override_flags(argv: Sequence[str], flag_name: str = "config") -> None:
@@ -61,8 +149,123 @@ def check_override_flags(argv: Sequence[str], flag_name: str = "config") -> None
     if not overrides:
         return
     spec = next((a.split("=", 1)[1] for a in argv if a.startswith(f"--{flag_name}=")), None)
+    if spec is None and f"--{flag_name}" in argv[:-1]:  # `--config FILE`
+        spec = argv[list(argv).index(f"--{flag_name}") + 1]
     if spec is None:
         raise ConfigError(f"--{flag_name}.KEY overrides need a config file: --{flag_name}=FILE.")
     config = load_config_file(spec)
     for key in overrides:
         check_key(config, key)
+
+
+# --- the one validation pass over a config's values ------------------------------------------------
+
+DTYPES = ("float32", "bfloat16")  # model computation dtypes (`config.dtype`)
+BLOCKS = ("data", "model", "optimizer", "train", "eval")  # the blocks every run reads
+
+
+def validate(config) -> None:
+    """Raises ConfigError naming the key, its value and the fix for the first value no run could use.
+
+    Runs when a config is loaded by the CLI and at the start of `api.train` / `evaluate` / `crossval` and
+    of every Trainer, before anything is prepared or written. The valid names come from the registries
+    that use them (recipes, backbones, optimizers, schedules, adversary formulations), never from copies.
+    Checks that need the data (batch vs devices, batch vs training set) are the Trainer's.
+    """
+    from idfer_jax import methods
+    from idfer_jax.data import datasets, pipeline
+    from idfer_jax.methods import adversaries
+    from idfer_jax.models import resnet
+    from idfer_jax.train import optim
+
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise TypeError(f"config must be an ml_collections.ConfigDict; got {type(config).__name__}.")
+    missing = [k for k in ("method", *BLOCKS) if k not in config]
+    if missing:
+        raise ConfigError(f"The config has no {', '.join(repr(k) for k in missing)}; build it with "
+                          "idfer_jax.config_defaults.run (see configs/baseline_synthetic.py).")
+    _choice(config, "method", methods.METHODS, "recipe")
+    _choice(config, "dtype", DTYPES)
+    if "backbone" in config.model:
+        _choice(config, "model.backbone", resnet.PRESETS)
+    if config.model.get("norm"):
+        _choice(config, "model.norm", resnet.NORMS)
+    if config.model.get("stem"):  # '' = the backbone preset's own stem
+        _choice(config, "model.stem", resnet.STEMS)
+    _choice(config, "data.partner", pipeline.PARTNER_MODES)
+    test = config.data.get("test")
+    if not (test is not None and test.get("name")):  # a cross-dataset run has its own split
+        _choice(config, "data.protocol", datasets.PROTOCOLS)
+    _choice(config, "optimizer.name", optim.OPTIMIZERS)
+    _choice(config, "optimizer.schedule", optim.SCHEDULES)
+    for key in ("train.batch_size", "train.num_steps", "eval.batch_size", "train.log_every",
+                "train.checkpoint_every", "train.keep_checkpoints"):
+        _number(config, key, minimum=1, integer=True)
+    _number(config, "optimizer.learning_rate", minimum=0.0, strict=True)
+    for key in ("optimizer.weight_decay", "optimizer.grad_clip", "optimizer.momentum"):
+        _number(config, key, minimum=0.0)
+    _number(config, "optimizer.warmup_steps", minimum=0, integer=True)
+    for key in ("optimizer.b1", "optimizer.b2"):
+        _number(config, key, minimum=0.0, below=1.0)
+    _number(config, "optimizer.milestone_factor", minimum=0.0, strict=True)
+    if "milestones" in config.optimizer:
+        optim.check_milestones(config.optimizer.milestones)
+    if config.get("adversary") is not None:
+        _choice(config, "adversary.formulation", adversaries.FORMULATIONS)
+        for key in ("adversary.identity", "adversary.pose", "adversary.learning_rate"):
+            _number(config, key, minimum=0.0)
+        _number(config, "adversary.steps", minimum=1, integer=True)
+        _number(config, "adversary.hidden", minimum=1, integer=True)
+    _number(config, "data.image_size", minimum=1, integer=True)
+    for key in ("data.crop_padding", "data.worker_count", "data.fold"):
+        _number(config, key, minimum=0, integer=True)
+    methods.check_config(config)
+
+
+def _lookup(config, dotted: str):
+    node = config
+    for part in dotted.split("."):
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+            return _ABSENT
+        node = node[part]
+    return node
+
+
+_ABSENT = object()
+
+
+def _choice(config, dotted: str, valid, what: str = "") -> None:
+    value = _lookup(config, dotted)
+    if value is _ABSENT:
+        return
+    names = sorted(valid)
+    if value in names:
+        return
+    close = difflib.get_close_matches(str(value), names, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    kind = f" ({what})" if what else ""
+    raise ConfigError(f"Unknown config.{dotted}{kind} {value!r}.{hint} Valid: {', '.join(names)}; set "
+                      f"--config.{dotted}=NAME.")
+
+
+def _number(config, dotted: str, *, minimum, strict: bool = False, integer: bool = False,
+            below: float | None = None) -> None:
+    """config.<dotted> must be a finite number >= minimum (> minimum if strict, < below if given)."""
+    value = _lookup(config, dotted)
+    if value is _ABSENT or value is None:
+        return
+    kind = "an integer" if integer else "a number"
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ok and integer:
+        ok = float(value).is_integer()
+    if ok:
+        ok = math.isfinite(value) and (value > minimum if strict else value >= minimum)
+        if below is not None:
+            ok = ok and value < below
+    if ok:
+        return
+    bound = f"> {minimum}" if strict else f">= {minimum}"
+    if below is not None:
+        bound += f" and < {below}"
+    raise ConfigError(f"config.{dotted}={value!r} is invalid: it must be {kind} {bound}. Set "
+                      f"--config.{dotted} to such a value.")

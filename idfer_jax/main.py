@@ -10,6 +10,11 @@ Multi-host (a TPU pod slice, a GPU cluster): run the same command on every host 
 pods, Slurm and Open MPI nothing else is needed, elsewhere add `--coordinator_address=HOST:PORT
 --num_processes=N --process_id=I` (colabs/tpu_pod.md has the exact commands).
 
+Errors: anything the user can fix (a config file or value, the data, the workdir, the filesystem) is one
+line on stderr, `idfer: error: <what is wrong> <how to fix it>`, exit code 1 (2 when the command line
+itself is wrong: a missing command or flag, an unknown flag; 130 after Ctrl-C). `--debug` shows the
+traceback instead. Any other exception is a bug: its traceback is kept and the last line says so.
+
 `train` resumes from the newest checkpoint in DIR when there is one, so an interrupted run continues when
 the same command is run again; `crossval` trains and evaluates every fold in DIR/fold_<i> and resumes fold
 by fold the same way.
@@ -17,19 +22,45 @@ by fold the same way.
 
 from __future__ import annotations
 
+import atexit
+import os
+import signal
 import sys
+import traceback
 
 from absl import app, flags, logging
 from ml_collections.config_flags import config_flags
 
-from idfer_jax.configuration import ConfigError, check_override_flags
+from idfer_jax import configuration
 from idfer_jax.errors import UserError
 
 COMMANDS = ("train", "evaluate", "crossval", "bench")
+USAGE = f"idfer {{{'|'.join(COMMANDS)}}} --config=FILE --workdir=DIR [--config.KEY=VALUE ...]"
+
+
+INTERRUPTED = ("Interrupted (Ctrl-C) outside the training loop; nothing of yours was lost. Run the same "
+               "command again (train and crossval resume from the last checkpoint in --workdir).")
+
+
+class UsageError(UserError):
+    """The command line itself cannot be understood (a flag, a command, a required flag missing)."""
+
+    exit_code = 2  # as for any command whose arguments are wrong
+
+
+class _ConfigFileParser(config_flags.ConfigFileFlagParser):
+    """`--config=FILE[:arg]` through `configuration.load_config_file`, so a missing file, a syntax error,
+    no get_config or a rejected argument is a ConfigError at once (ml_collections' own parser defers a
+    missing file to the first attribute access, then raises a bare OSError)."""
+
+    def parse(self, path):
+        return configuration.load_config_file(path)
+
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/baseline_synthetic.py[:smoke].", lock_config=True
 )
+flags.FLAGS["config"].parser = _ConfigFileParser("config", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and reports.")
 _FOLDS = flags.DEFINE_integer(
     "folds", None, "crossval: number of subject-independent folds (sets config.data.num_folds; "
@@ -53,30 +84,127 @@ _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None, "Multi-host: process 0's HOST:PORT (implies --multihost).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-host: the number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host: this process's id, 0 .. N-1.")
+_RESTART = flags.DEFINE_bool(
+    "restart", False, "train / crossval: when every checkpoint in --workdir is unreadable, start over from "
+    "step 0 (they are moved to DIR/corrupt_checkpoints/, never deleted) instead of refusing.")
+_DEBUG = flags.DEFINE_bool(
+    "debug", False, "Show the full Python traceback of an error instead of the one-line message.")
+
+
+_exit_code_at_shutdown: list[int] = []
+
+
+def _fail(message: str, exit_code: int) -> None:
+    """The one way `idfer` reports an error: one line on stderr, then exit."""
+    message = " ".join(str(message).split())  # one line, whatever the message held
+    print(f"idfer: error: {message}", file=sys.stderr, flush=True)
+    if exit_code == 130:
+        _exit_code_at_shutdown.append(exit_code)
+    sys.exit(exit_code)
+
+
+def _keep_the_exit_code() -> None:
+    """CPython re-raises SIGINT at exit (status -2, not 130) once a KeyboardInterrupt has crossed a
+    C-level `PyRun_*` call, as one raised while an extension module imports can, even when idfer caught it
+    and said so. Registered first, this runs after every other exit handler, so cleanup still happens."""
+    if _exit_code_at_shutdown:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(_exit_code_at_shutdown[-1])
+
+
+def _debug_requested(argv: list[str] | None = None) -> bool:
+    if argv is not None:  # before the flags are parsed
+        return any(a in ("--debug", "-debug", "--debug=true", "--debug=True", "--debug=1") for a in argv)
+    return bool(flags.FLAGS["debug"].present and _DEBUG.value)
+
+
+def _user_error_in(error: BaseException) -> UserError | None:
+    """The UserError that caused `error` (absl recasts a ValueError raised while parsing a flag)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, UserError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
+    debug = _debug_requested(argv)
     try:
-        check_override_flags(argv)
-    except ConfigError as e:
-        print(f"idfer: error: {e}", file=sys.stderr)
-        sys.exit(2)
-    try:
+        configuration.check_override_flags(argv)
         return flags.FLAGS(argv)
+    except UserError as e:
+        if debug:
+            raise
+        _fail(e, e.exit_code)
     except flags.Error as e:
-        print(f"idfer: error: {e}\nUsage: idfer {{{'|'.join(COMMANDS)}}} --config=FILE "
-              "--workdir=DIR", file=sys.stderr)
-        sys.exit(2)
+        if debug:
+            raise
+        cause = _user_error_in(e)
+        if cause is not None:
+            _fail(cause, cause.exit_code)
+        message = str(e).rstrip()
+        message += "" if message.endswith((".", "?", "!")) else "."
+        _fail(f"{message} Usage: {USAGE} (idfer --helpshort lists the flags).", UsageError.exit_code)
 
 
 def main(argv: list[str]) -> None:
+    try:
+        _main(argv)
+    except UserError as e:
+        # The user's data, config or workdir, not a bug: the message says what to do, a traceback
+        # would bury it (--debug shows it).
+        if _debug_requested():
+            raise
+        _fail(e, e.exit_code)
+    except KeyboardInterrupt:
+        # Ctrl-C inside the training loop is an `Interrupted` (a UserError) that names the step it resumes
+        # from; this is Ctrl-C anywhere else (start-up, preparing data, evaluation).
+        if _debug_requested():
+            raise
+        _fail(INTERRUPTED, 130)
+    except OSError as e:
+        # The filesystem refused (permission denied, a directory where a file should be, no space
+        # left...): name the path and the problem.
+        if _debug_requested():
+            raise
+        _fail(_os_error_line(e), 1)
+    except Exception as e:  # noqa: BLE001
+        # Not the user's doing: keep the traceback for the bug report, and say so in the last line.
+        traceback.print_exc()
+        _fail(f"internal error ({type(e).__name__}: {e}). This is a bug in idfer, not in your input: "
+              "please report it with the traceback above (rerun with --debug for the full chain).", 1)
+
+
+def _os_error_line(e: OSError) -> str:
+    if e.filename is None:
+        return f"{e.strerror or e}."
+    path = e.filename if e.filename2 is None else f"{e.filename} -> {e.filename2}"
+    problem = e.strerror or str(e)
+    fixes = {13: "check the permissions of the path (or choose another --workdir)",
+             28: "free some space or choose another --workdir / data dir",
+             30: "the filesystem is read-only; choose another --workdir / data dir",
+             21: "a directory is in the way of a file; choose another path",
+             20: "a file is in the way of a directory; choose another path",
+             2: "check the path"}
+    fix = fixes.get(e.errno, "check the path")
+    return f"{path}: {problem}; {fix}."
+
+
+def _main(argv: list[str]) -> None:
     commands = argv[1:]
     if len(commands) != 1 or commands[0] not in COMMANDS:
-        raise app.UsageError(
-            f"Give exactly one command: {' | '.join(COMMANDS)} (got {commands or 'none'})."
+        raise UsageError(
+            f"Give exactly one command: {' | '.join(COMMANDS)} (got {' '.join(commands) or 'none'}). "
+            f"Usage: {USAGE}"
         )
-    if _CONFIG.value is None or _WORKDIR.value is None:
-        raise app.UsageError("Both --config=FILE and --workdir=DIR are required.")
+    if _CONFIG.value is None or not _WORKDIR.value:
+        missing = [f for f, v in (("--config=FILE", _CONFIG.value), ("--workdir=DIR", _WORKDIR.value))
+                   if not v]
+        raise UsageError(f"Both --config=FILE and --workdir=DIR are required; missing "
+                         f"{' and '.join(missing)}. Usage: {USAGE}")
     if not flags.FLAGS["verbosity"].present:
         # orbax and grain log every checkpoint step at INFO; the progress line is what users read.
         logging.set_verbosity(logging.WARNING)
@@ -84,24 +212,24 @@ def main(argv: list[str]) -> None:
     config, workdir = _CONFIG.value, _WORKDIR.value
     if _FOLDS.value is not None:
         if commands[0] != "crossval":
-            raise app.UsageError("--folds is a crossval option; use --config.data.fold to pick a fold.")
+            raise UsageError("--folds is a crossval option; use --config.data.fold to pick a fold.")
         if config.data.protocol != "kfold":
-            raise app.UsageError(
+            raise UsageError(
                 f"--folds sets the number of k-fold folds, but config.data.protocol is "
                 f"{config.data.protocol!r}, whose folds are fixed; drop --folds."
             )
         with config.unlocked():
             config.data.num_folds = _FOLDS.value
-    try:
-        if _MULTIHOST.value or _COORDINATOR.value:
-            from idfer_jax.train import distributed
+    # Every value, once the overrides are applied and before anything starts.
+    configuration.validate(config)
+    if _MULTIHOST.value or _COORDINATOR.value:
+        from idfer_jax.train import distributed
 
-            distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-        _run_command(commands[0], config, workdir)
-    except UserError as e:
-        # The user's data or workdir, not a bug: the message says what to do, a traceback would bury it.
-        print(f"idfer: error: {e}", file=sys.stderr, flush=True)
-        sys.exit(e.exit_code)
+        distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    from idfer_jax import api  # noqa: F401  (the library's imports, while Ctrl-C still exits at once)
+
+    _ctrl_c_raises()
+    _run_command(commands[0], config, workdir)
 
 
 def _run_command(command: str, config, workdir: str) -> None:
@@ -109,9 +237,9 @@ def _run_command(command: str, config, workdir: str) -> None:
     from idfer_jax.train.writers import announce  # process 0 speaks for a multi-host run
 
     if command == "train":
-        api.train(config, workdir)
+        api.train(config, workdir, restart=_RESTART.value)
     elif command == "crossval":
-        summary = api.crossval(config, workdir)
+        summary = api.crossval(config, workdir, restart=_RESTART.value)
         acc = summary["mean_std"]["accuracy"]
         announce(f"Accuracy {acc['mean']:.4f} +- {acc['std']:.4f} over {summary['num_folds']} folds; "
                  f"report: {workdir}/crossval_report.md")
@@ -133,9 +261,36 @@ def _run_command(command: str, config, workdir: str) -> None:
                  f"subjects; {leakage}; report: {workdir}/report.md")
 
 
+def _exit_on_ctrl_c(signum, frame) -> None:
+    """SIGINT during start-up (flags, the config file, importing JAX and the library, joining a multi-host
+    system): nothing to save yet, so say so and exit at once. A KeyboardInterrupt raised there instead
+    can abort the interpreter inside an extension module's import, or be swallowed by a C callback."""
+    os.write(2, f"idfer: error: {INTERRUPTED}\n".encode())
+    os._exit(130)
+
+
+def _ctrl_c_raises() -> None:
+    """From here on Ctrl-C is a KeyboardInterrupt again: the training loop turns it into `Interrupted`
+    (naming the step the run resumes from), `main` anything else into one line."""
+    if signal.getsignal(signal.SIGINT) is _exit_on_ctrl_c:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def run() -> None:
     """Console-script entry point."""
-    app.run(main, flags_parser=_parse_flags)
+    atexit.register(_keep_the_exit_code)
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is signal.default_int_handler:  # not when the shell has us ignore it (a background job)
+        signal.signal(signal.SIGINT, _exit_on_ctrl_c)
+    try:
+        app.run(main, flags_parser=_parse_flags)
+    except KeyboardInterrupt:
+        if _debug_requested(sys.argv):
+            raise
+        _fail(INTERRUPTED, 130)
+    finally:
+        if signal.getsignal(signal.SIGINT) is _exit_on_ctrl_c:
+            signal.signal(signal.SIGINT, previous)
 
 
 if __name__ == "__main__":

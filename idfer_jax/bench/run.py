@@ -17,9 +17,9 @@ from typing import Any
 import jax
 
 from idfer_jax import methods
-from idfer_jax.errors import UserError
 from idfer_jax.bench import throughput
-from idfer_jax.configuration import load_config_file
+from idfer_jax.configuration import DTYPES, load_config_file
+from idfer_jax.errors import UserError
 from idfer_jax.train import trainer as trainer_lib
 from idfer_jax.train.writers import announce
 
@@ -28,8 +28,7 @@ class BenchError(UserError, ValueError):
     """A bench option that cannot be measured as given; the message says what to pass."""
 
 
-RECIPES = ("baseline", "idennet", "halawa", "phanet", "fersnet", "ipdfer")
-DTYPES = ("float32", "bfloat16")
+RECIPES = tuple(methods.METHODS)  # the recipe registry, in its order
 # What the recipes' sibling configs take from the benched config, so all run on the same data and batch.
 SHARED_KEYS = ("seed", "train.batch_size", "data.data_dir", "data.manual_dir", "data.config",
                "data.image_size", "data.worker_count")
@@ -72,9 +71,16 @@ def device_counts(spec: str) -> list[int]:
     """'1,2,all' -> [1, 2, jax.device_count()] (deduplicated, each at most the devices there are)."""
     total = jax.device_count()
     counts = []
-    for part in spec.split(","):
-        part = part.strip()
-        n = total if part == "all" else int(part)
+    parts = [p.strip() for p in str(spec).split(",") if p.strip()]
+    if not parts:
+        raise BenchError(f"--devices is empty; give device counts or 'all', e.g. --devices=1,all "
+                         f"(this system has {total}).")
+    for part in parts:
+        try:
+            n = total if part == "all" else int(part)
+        except ValueError:
+            raise BenchError(f"--devices takes device counts or 'all', e.g. --devices=1,2,all; got {part!r} "
+                             f"in --devices={spec} (this system has {total}).") from None
         if not 1 <= n <= total:
             raise BenchError(f"--devices asks for {n} devices; this system has {total}.")
         if n not in counts:
@@ -120,11 +126,13 @@ def bench(config_spec: str, config, workdir: str, *, recipes: str = "own", devic
           with_torch: bool = True) -> dict[str, Any]:
     """Measures, prints the table, writes DIR/bench.json and DIR/bench.md; returns the JSON."""
     dtype_list = [d.strip() for d in dtypes.split(",") if d.strip()]
-    if set(dtype_list) - set(DTYPES):
-        raise BenchError(f"--dtypes takes {DTYPES}; got {dtype_list}.")
+    if not dtype_list or set(dtype_list) - set(DTYPES):
+        raise BenchError(f"--dtypes takes a comma list of {', '.join(DTYPES)}; got {dtypes!r}.")
     input_list = [i.strip() for i in inputs.split(",") if i.strip()]
-    if set(input_list) - set(throughput.INPUTS):
-        raise BenchError(f"--inputs takes {throughput.INPUTS}; got {input_list}.")
+    if not input_list or set(input_list) - set(throughput.INPUTS):
+        raise BenchError(f"--inputs takes a comma list of {', '.join(throughput.INPUTS)}; got {inputs!r}.")
+    if int(steps) < 1:
+        raise BenchError(f"--steps={steps}: give at least 1 timed step, e.g. --steps=20.")
     counts = device_counts(devices)
     rows: list[dict[str, Any]] = []
     baseline_spec = None

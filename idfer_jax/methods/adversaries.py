@@ -36,6 +36,7 @@ import ml_collections
 import optax
 
 from idfer_jax import config_defaults, losses
+from idfer_jax.configuration import ConfigError
 from idfer_jax.data.pipeline import DataSpec
 from idfer_jax.methods import labels as L
 from idfer_jax.models import ClassifierHead
@@ -102,7 +103,7 @@ class Adversary:
 
 def check_formulation(formulation: str) -> None:
     if formulation not in FORMULATIONS:
-        raise ValueError(f"Unknown adversary formulation {formulation!r}; use one of {FORMULATIONS}.")
+        raise ConfigError(f"Unknown adversary formulation {formulation!r}; use one of {FORMULATIONS}.")
 
 
 def encoder_loss(formulation: str, logits: jax.Array, labels: jax.Array,
@@ -196,7 +197,7 @@ def from_config(run_config, data_spec: DataSpec, reads: str = "features") -> tup
     found: list[Adversary] = []
     if float(c.identity) > 0:
         if data_spec.num_train_subjects < 2:
-            raise ValueError(
+            raise ConfigError(
                 "config.adversary.identity > 0 needs subject ids for at least 2 training subjects; this "
                 f"dataset's training fold has {data_spec.num_train_subjects}. Set it to 0."
             )
@@ -209,7 +210,7 @@ def from_config(run_config, data_spec: DataSpec, reads: str = "features") -> tup
         ))
     if float(c.pose) > 0:
         if "yaw" not in data_spec.pose_keys:
-            raise ValueError(
+            raise ConfigError(
                 "config.adversary.pose > 0 needs yaw labels, and this dataset has none (pose keys: "
                 f"{tuple(data_spec.pose_keys) or 'none'}). Set it to 0 or use a dataset with yaw."
             )

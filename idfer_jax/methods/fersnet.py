@@ -34,6 +34,7 @@ import numpy as np
 import optax
 
 from idfer_jax import config_defaults, losses
+from idfer_jax.configuration import ConfigError
 from idfer_jax.data.pipeline import DataSpec
 from idfer_jax.methods import common
 from idfer_jax.methods import generative as gen
@@ -91,16 +92,20 @@ def build_model(config, data_spec: DataSpec) -> FERSNet:
                    noise=bool(m.noise), dtype=jnp.dtype(config.dtype))
 
 
-def build(config, data_spec: DataSpec) -> Method:
-    m = config.model
-    unknown = set(m.loss_weights) - set(LOSS_WEIGHTS)
-    if unknown:
-        raise ValueError(f"Unknown FERSNet loss weights {sorted(unknown)}; known: {LOSS_WEIGHTS}.")
+def check_config(config) -> None:
+    """FERSNet's loss weights, identity network and partner images (run when the config is loaded)."""
+    gen.check_loss_weights(config, LOSS_WEIGHTS, "FERSNet")
+    gen.check_identity(config)
     if config.data.get("partner") != "other_expression":
-        raise ValueError(
+        raise ConfigError(
             "FERSNet learns to synthesise a target face of the same subject with another expression: set "
             "--config.data.partner=other_expression (the fersnet_* configs do)."
         )
+
+
+def build(config, data_spec: DataSpec) -> Method:
+    m = config.model
+    check_config(config)
     w = {k: float(m.loss_weights[k]) for k in LOSS_WEIGHTS}
     num_classes = data_spec.num_classes
     model = build_model(config, data_spec)

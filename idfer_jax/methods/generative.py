@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from idfer_jax import losses
+from idfer_jax.configuration import ConfigError
 from idfer_jax.models import facenet
 from idfer_jax.train.interface import Player
 
@@ -44,10 +45,23 @@ def identity_config(**overrides) -> ml_collections.ConfigDict:
     return c
 
 
+def check_identity(config) -> None:
+    kind = config.model.identity.kind
+    if kind not in IDENTITY_KINDS:
+        raise ConfigError(
+            f"Unknown config.model.identity.kind {kind!r}; use one of {', '.join(IDENTITY_KINDS)}.")
+
+
+def check_loss_weights(config, known, recipe: str) -> None:
+    unknown = set(config.model.loss_weights) - set(known)
+    if unknown:
+        raise ConfigError(f"Unknown {recipe} loss weights {sorted(unknown)} in config.model.loss_weights; "
+                          f"known: {', '.join(known)}.")
+
+
 def identity_network(config) -> nn.Module:
     cfg = config.model.identity
-    if cfg.kind not in IDENTITY_KINDS:
-        raise ValueError(f"Unknown model.identity.kind {cfg.kind!r}; use one of {IDENTITY_KINDS}.")
+    check_identity(config)
     return facenet.identity_network(cfg.kind, input_size=int(cfg.input_size))
 
 

@@ -28,10 +28,12 @@ import jax.numpy as jnp
 import ml_collections
 
 from idfer_jax import losses
+from idfer_jax.configuration import ConfigError
 from idfer_jax.data.pipeline import DataSpec
 from idfer_jax.methods import adversaries as adv
 from idfer_jax.methods import common
 from idfer_jax.models import ClassifierHead, ImageDecoder, ResNet, build_backbone
+from idfer_jax.models.resnet import resnet_config
 from idfer_jax.train.interface import Method
 
 
@@ -76,18 +78,27 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
     return c
 
 
+def check_config(config) -> None:
+    """The branch stage against the backbone's stages (run when the config is loaded)."""
+    _branch_stage(config.model, len(resnet_config(config.model.backbone)["widths"]))
+
+
+def _branch_stage(m, num_stages: int) -> int:
+    stage = m.branch_stage if m.branch_stage >= 0 else num_stages + m.branch_stage
+    if not 1 <= stage < num_stages:
+        raise ConfigError(
+            f"config.model.branch_stage={m.branch_stage} must leave the trunk at least one of the "
+            f"{num_stages} stages of {m.backbone!r}; use 1..{num_stages - 1} or -1 for the last."
+        )
+    return stage
+
+
 def build_model(config, data_spec: DataSpec) -> Halawa:
     m = config.model
     dtype = jnp.dtype(config.dtype)
     kwargs = {"norm": m.norm, "dtype": dtype, **({"stem": m.stem} if m.get("stem") else {})}
     trunk = build_backbone(m.backbone, in_channels=data_spec.image_shape[-1], **kwargs)
-    num_stages = len(trunk.widths)
-    stage = m.branch_stage if m.branch_stage >= 0 else num_stages + m.branch_stage
-    if not 1 <= stage < num_stages:
-        raise ValueError(
-            f"config.model.branch_stage={m.branch_stage} must leave the trunk at least one of the "
-            f"{num_stages} stages of {m.backbone!r}; use 1..{num_stages - 1} or -1 for the last."
-        )
+    stage = _branch_stage(m, len(trunk.widths))
 
     def branch() -> ResNet:
         return build_backbone(m.backbone, start_stage=stage, in_channels=None, **kwargs)
@@ -97,7 +108,7 @@ def build_model(config, data_spec: DataSpec) -> Halawa:
         h, w, c = data_spec.image_shape
         f = int(m.reconstruction_downsample)
         if f < 1 or h % f or w % f:
-            raise ValueError(f"config.model.reconstruction_downsample={f} must be a positive divisor of "
+            raise ConfigError(f"config.model.reconstruction_downsample={f} must be a positive divisor of "
                              f"the image size {h}x{w}.")
         decoder = ImageDecoder(image_shape=(h // f, w // f, c), widths=tuple(m.decoder_widths),
                                dtype=dtype)

@@ -27,9 +27,11 @@ import jax.numpy as jnp
 import ml_collections
 
 from idfer_jax import losses
+from idfer_jax.configuration import ConfigError
 from idfer_jax.data.pipeline import DataSpec
 from idfer_jax.methods import baseline, common
 from idfer_jax.models import FUSION_OPS, ClassifierHead, ResNet, SpatialFusion, build_backbone
+from idfer_jax.models.resnet import resnet_config
 from idfer_jax.train.interface import Method
 
 WEIGHTINGS = ("constant", "loss_ratio", "uncertainty")
@@ -72,11 +74,27 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
     return c
 
 
+def check_config(config) -> None:
+    """The recipe's switches in `config.model` (run when the config is loaded)."""
+    _check(config.model)
+    _fusion_stage(config.model, len(resnet_config(config.model.backbone)["widths"]))
+
+
+def _fusion_stage(m, num_stages: int) -> int:
+    stage = m.fusion_stage if m.fusion_stage >= 0 else num_stages + m.fusion_stage
+    if not 0 <= stage < num_stages:
+        raise ConfigError(
+            f"config.model.fusion_stage={m.fusion_stage} is outside the {num_stages} stages of "
+            f"{m.backbone!r}; use 0..{num_stages - 1} or -1 for the last."
+        )
+    return stage
+
+
 def _check(m) -> None:
     if m.fusion not in FUSION_OPS:
-        raise ValueError(f"Unknown config.model.fusion {m.fusion!r}; use one of {', '.join(FUSION_OPS)}.")
+        raise ConfigError(f"Unknown config.model.fusion {m.fusion!r}; use one of {', '.join(FUSION_OPS)}.")
     if m.weighting not in WEIGHTINGS:
-        raise ValueError(
+        raise ConfigError(
             f"Unknown config.model.weighting {m.weighting!r} for IDEnNet; use one of "
             f"{', '.join(WEIGHTINGS)}."
         )
@@ -89,16 +107,11 @@ def build_model(config, data_spec: DataSpec) -> IDEnNet:
     kwargs = dict(norm=m.norm, dtype=dtype, **({"stem": m.stem} if m.get("stem") else {}))
     identity_stream = build_backbone(m.backbone, in_channels=data_spec.image_shape[-1], **kwargs)
     num_stages = len(identity_stream.widths)
-    stage = m.fusion_stage if m.fusion_stage >= 0 else num_stages + m.fusion_stage
-    if not 0 <= stage < num_stages:
-        raise ValueError(
-            f"config.model.fusion_stage={m.fusion_stage} is outside the {num_stages} stages of "
-            f"{m.backbone!r}; use 0..{num_stages - 1} or -1 for the last."
-        )
+    stage = _fusion_stage(m, num_stages)
     top = (build_backbone(m.backbone, start_stage=stage + 1, in_channels=None, **kwargs)
            if stage + 1 < num_stages else None)
     if data_spec.num_train_subjects < 2:
-        raise ValueError(
+        raise ConfigError(
             "IDEnNet's identity head needs subject ids for at least 2 training subjects; this "
             f"dataset's training fold has {data_spec.num_train_subjects}. Use a dataset with subjects."
         )

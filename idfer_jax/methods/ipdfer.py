@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from idfer_jax import losses
+from idfer_jax.configuration import ConfigError
 from idfer_jax.data.pipeline import DataSpec
 from idfer_jax.methods import common
 from idfer_jax.methods import generative as gen
@@ -141,11 +142,17 @@ def build_model(config, data_spec: DataSpec) -> IPDFER:
     )
 
 
+def check_config(config) -> None:
+    """IPD-FER's loss weights, identity network and code combination (run when the config is loaded)."""
+    gen.check_loss_weights(config, LOSS_WEIGHTS, "IPD-FER")
+    gen.check_identity(config)
+    if config.model.get("combine", "sum") not in ("sum", "concat"):
+        raise ConfigError(f"Unknown config.model.combine {config.model.combine!r}; use 'sum' or 'concat'.")
+
+
 def build(config, data_spec: DataSpec) -> Method:
     m = config.model
-    unknown = set(m.loss_weights) - set(LOSS_WEIGHTS)
-    if unknown:
-        raise ValueError(f"Unknown IPD-FER loss weights {sorted(unknown)}; known: {LOSS_WEIGHTS}.")
+    check_config(config)
     w = {k: float(m.loss_weights[k]) for k in LOSS_WEIGHTS}
     model = build_model(config, data_spec)
     identity_net = gen.identity_network(config)

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from idfer_jax import losses
+from idfer_jax.configuration import ConfigError
 from idfer_jax.data.pipeline import DataSpec
 from idfer_jax.methods import baseline, common
 from idfer_jax.models import (
@@ -43,6 +44,7 @@ from idfer_jax.models import (
     SpatialAttentionPool,
     build_backbone,
 )
+from idfer_jax.models.resnet import resnet_config
 from idfer_jax.train.interface import Method
 from idfer_jax.train.writers import announce
 
@@ -96,17 +98,31 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
     return c
 
 
+def check_config(config) -> None:
+    """The recipe's switches in `config.model` (run when the config is loaded)."""
+    _check(config.model)
+    _attention_stages(config.model, len(resnet_config(config.model.backbone)["widths"]))
+
+
+def _attention_stages(m, num_stages: int) -> None:
+    if not 1 <= m.attention_stages <= num_stages:
+        raise ConfigError(
+            f"config.model.attention_stages={m.attention_stages}: {m.backbone!r} has {num_stages} "
+            f"stages; use 1..{num_stages}."
+        )
+
+
 def _check(m) -> None:
     if m.weighting not in WEIGHTINGS:
-        raise ValueError(
+        raise ConfigError(
             f"Unknown config.model.weighting {m.weighting!r} for PhaNet; use one of "
             f"{', '.join(WEIGHTINGS)}."
         )
     if m.pose not in POSE_MODES:
-        raise ValueError(f"Unknown config.model.pose {m.pose!r}; use one of {', '.join(POSE_MODES)}.")
+        raise ConfigError(f"Unknown config.model.pose {m.pose!r}; use one of {', '.join(POSE_MODES)}.")
     edges = tuple(m.yaw_bin_edges)
     if not edges or any(e <= 0 for e in edges) or list(edges) != sorted(set(edges)):
-        raise ValueError(
+        raise ConfigError(
             f"config.model.yaw_bin_edges={edges} must be ascending positive |yaw| values in degrees, "
             "e.g. (20.0, 40.0)."
         )
@@ -125,11 +141,7 @@ def build_model(config, data_spec: DataSpec) -> PhaNet:
         m.backbone, norm=m.norm, dtype=dtype, in_channels=data_spec.image_shape[-1], **kwargs
     )
     num_stages = len(backbone.widths)
-    if not 1 <= m.attention_stages <= num_stages:
-        raise ValueError(
-            f"config.model.attention_stages={m.attention_stages}: {m.backbone!r} has {num_stages} "
-            f"stages; use 1..{num_stages}."
-        )
+    _attention_stages(m, num_stages)
     num_scales = int(m.attention_stages)
 
     def classifier(num_classes: int) -> ClassifierHead:

@@ -11,7 +11,23 @@ from typing import Any
 import jax
 import optax
 
+from idfer_jax.configuration import ConfigError
 from idfer_jax.losses.combinators import is_weighting_param
+
+OPTIMIZERS = ("adamw", "adam", "sgd")  # config.optimizer.name
+SCHEDULES = ("cosine", "constant", "milestones")  # config.optimizer.schedule
+
+
+def check_milestones(milestones) -> tuple[float, ...]:
+    """config.optimizer.milestones: fractions of the run in (0, 1)."""
+    try:
+        fractions = tuple(float(f) for f in milestones)
+    except (TypeError, ValueError):
+        fractions = None
+    if fractions is None or any(not 0.0 < f < 1.0 for f in fractions):
+        raise ConfigError(f"config.optimizer.milestones must be fractions of the run in (0, 1), e.g. "
+                          f"(0.3, 0.8); got {milestones!r}.")
+    return fractions
 
 
 def decay_mask(params: Any) -> Any:
@@ -32,16 +48,12 @@ def learning_rate_schedule(config, total_steps: int) -> optax.Schedule:
     elif kind == "milestones":
         # Step decay at fractions of the run, e.g. FERSNet's code: x0.1 at epochs 150 and 400 of 500
         # -> milestones (0.3, 0.8). Fractions, so the schedule keeps its shape at any step budget.
-        fractions = tuple(float(f) for f in config.get("milestones", ()))
-        if any(not 0.0 < f < 1.0 for f in fractions):
-            raise ValueError(f"optimizer.milestones must be fractions of the run in (0, 1); got {fractions}.")
+        fractions = check_milestones(config.get("milestones", ()))
         factor = float(config.get("milestone_factor", 0.1))
         boundaries = {max(1, round(f * total_steps) - warmup): factor for f in fractions}
         main = optax.piecewise_constant_schedule(lr, boundaries)
     else:
-        raise ValueError(
-            f"Unknown optimizer.schedule {kind!r}; use 'cosine', 'constant' or 'milestones'."
-        )
+        raise ConfigError(f"Unknown config.optimizer.schedule {kind!r}; use one of {', '.join(SCHEDULES)}.")
     if warmup <= 0:
         return main
     return optax.join_schedules(
@@ -65,6 +77,6 @@ def make_optimizer(config, total_steps: int) -> optax.GradientTransformation:
         opt = optax.chain(optax.add_decayed_weights(wd, mask=decay_mask),
                           optax.sgd(schedule, momentum=config.get("momentum", 0.9), nesterov=True))
     else:
-        raise ValueError(f"Unknown optimizer.name {name!r}; use 'adamw', 'adam' or 'sgd'.")
+        raise ConfigError(f"Unknown config.optimizer.name {name!r}; use one of {', '.join(OPTIMIZERS)}.")
     clip = float(config.get("grad_clip", 0.0))
     return optax.chain(optax.clip_by_global_norm(clip), opt) if clip > 0 else opt

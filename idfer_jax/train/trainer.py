@@ -28,6 +28,7 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from idfer_jax import configuration
 from idfer_jax.data import pipeline
 from idfer_jax.errors import Interrupted, UserError
 from idfer_jax.train import checkpoint as ckpt_lib
@@ -137,6 +138,8 @@ class Trainer:
     """Holds what training and evaluation share: dataset, method, mesh and jitted functions."""
 
     def __init__(self, config, build_method: BuildMethod, devices=None):
+        # Every value a run reads, before any data is prepared (ConfigError naming the key otherwise).
+        configuration.validate(config)
         self.config = config
         # Before the mesh: preparing synthetic data forks render workers, best done before XLA
         # starts its threads.
@@ -144,15 +147,33 @@ class Trainer:
         self.mesh = make_mesh(devices)
         self.batch_sharding = NamedSharding(self.mesh, P("data"))
         self.replicated = NamedSharding(self.mesh, P())
+        self._check_batch_sizes()
         self.method = build_method(config, self.dataset.spec)
+
+    def _check_batch_sizes(self) -> None:
+        """What only the data and the devices can tell: batches split evenly over the mesh, and a
+        training batch no larger than the training set."""
         n = self.mesh.size
-        for name, size in (("train.batch_size", config.train.batch_size),
-                           ("eval.batch_size", config.eval.batch_size)):
+        for name in ("train.batch_size", "eval.batch_size"):
+            block, key = name.split(".")
+            size = int(self.config[block][key])
             if size % n:
-                raise ValueError(
-                    f"{name}={size} is not divisible by the {n} devices of the mesh; set "
-                    f"--config.{name} to a multiple of {n}."
+                lower, upper = max(n, size - size % n), size + n - size % n
+                raise configuration.ConfigError(
+                    f"config.{name}={size} is not divisible by the {n} devices of the mesh; set "
+                    f"--config.{name} to a multiple of {n} (e.g. {lower} or {upper}), or run on fewer "
+                    "devices."
                 )
+        batch, num_train = int(self.config.train.batch_size), len(self.dataset.train_indices)
+        if batch > num_train:
+            fold = self.config.data.get("fold", 0)
+            fit = max(n, num_train - num_train % n) if num_train >= n else None
+            fix = (f"set --config.train.batch_size to at most {fit}" if fit else
+                   "use a dataset with more training images")
+            raise configuration.ConfigError(
+                f"config.train.batch_size={batch} is larger than the {num_train} training images of "
+                f"fold {fold} ({self.config.data.name}); {fix}."
+            )
 
     def sample_batch(self) -> dict:
         h, w, c = self.dataset.spec.image_shape

@@ -48,6 +48,21 @@ def _corrupt_all(ctx) -> list[str]:
     return _train(ctx)
 
 
+def _corrupt_all_restart(ctx) -> list[str]:
+    _corrupt(ctx, every=True)
+    return _train(ctx, "--restart")
+
+
+def _started_over(ctx, proc) -> str | None:
+    run = ctx.tmp / "run"
+    moved = os.listdir(run / "corrupt_checkpoints") if (run / "corrupt_checkpoints").is_dir() else []
+    if not any(m.startswith("4-") for m in moved) or not any(m.startswith("2-") for m in moved):
+        return f"the unreadable checkpoints were not all moved aside (corrupt_checkpoints: {moved})"
+    if not (run / "checkpoints" / "4").is_dir():
+        return "the restarted run saved no step 4"
+    return None
+
+
 def _moved_aside_and_saved_again(ctx, proc) -> str | None:
     run = ctx.tmp / "run"
     moved = os.listdir(run / "corrupt_checkpoints") if (run / "corrupt_checkpoints").is_dir() else []
@@ -127,6 +142,8 @@ CASES: list[Case] = [
          before=_trained, check=_moved_aside_and_saved_again),
     Case("every checkpoint corrupt: refuses without --restart", _corrupt_all, expect="--restart",
          before=_trained, check=_nothing_moved),
+    Case("every checkpoint corrupt, --restart: starts over, keeps them aside", _corrupt_all_restart,
+         exit_code=0, before=_trained, check=_started_over),
     Case("second train on a workdir in use", _hold_the_lock, expect="is in use by process",
          check=_names_the_holder),
     Case("workdir is a file", _a_file, expect="is a file, not a directory", check=_file_kept),

@@ -81,12 +81,11 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
     except UserError:
         raise
     except Exception as e:  # noqa: BLE001  (the user's config code: say where, not a traceback)
-        if arg and isinstance(e, (ValueError, KeyError)):
-            raise ConfigError(f"Config file {path} does not take the argument ':{arg}' (from {where}): "
-                              f"{e}") from e
         what = f"get_config({arg!r})" if arg else "get_config()"
+        hint = (f" If ':{arg}' is not an argument this file takes, pass one it does (or none)."
+                if arg and isinstance(e, (ValueError, KeyError)) else "")
         raise ConfigError(f"Config file {path}: {what} failed{_line_in(path, e)}: {type(e).__name__}: "
-                          f"{e} (from {where}).") from e
+                          f"{e} (from {where}).{hint}") from e
     if isinstance(config, ml_collections.FrozenConfigDict):
         config = config.as_configdict()
     if not isinstance(config, ml_collections.ConfigDict):
@@ -145,7 +144,16 @@ def _nearest_file(path: str) -> str:
 def check_override_flags(argv: Sequence[str], flag_name: str = "config") -> None:
     """Checks every `--config.KEY=...` in argv against the config file that `--config=` names."""
     prefix = f"--{flag_name}."
+    files = [a for a in argv if a.startswith(f"--{flag_name}=") or a == f"--{flag_name}"]
+    if len(files) > 1:
+        raise ConfigError(f"--{flag_name}=FILE is given {len(files)} times; give one config file (the "
+                          f"overrides --{flag_name}.KEY=VALUE are checked against it).")
     overrides = [a[len(prefix):].split("=", 1)[0] for a in argv if a.startswith(prefix)]
+    repeated = sorted({k for k in overrides if overrides.count(k) > 1})
+    if repeated:
+        # ml_collections would concatenate a repeated tuple override instead of keeping the last one.
+        raise ConfigError(f"{', '.join(f'--{flag_name}.{k}' for k in repeated)} given more than once; give "
+                          "each override once, with the value you want.")
     if not overrides:
         return
     spec = next((a.split("=", 1)[1] for a in argv if a.startswith(f"--{flag_name}=")), None)
@@ -164,13 +172,16 @@ DTYPES = ("float32", "bfloat16")  # model computation dtypes (`config.dtype`)
 BLOCKS = ("data", "model", "optimizer", "train", "eval")  # the blocks every run reads
 
 
-def validate(config) -> None:
+def validate(config, *, recipes: bool = True) -> None:
     """Raises ConfigError naming the key, its value and the fix for the first value no run could use.
 
     Runs when a config is loaded by the CLI and at the start of `api.train` / `evaluate` / `crossval` and
     of every Trainer, before anything is prepared or written. The valid names come from the registries
     that use them (recipes, backbones, optimizers, schedules, adversary formulations), never from copies.
     Checks that need the data (batch vs devices, batch vs training set) are the Trainer's.
+    `recipes=False` leaves out `config.method` and the recipe's own switches: the Trainer runs any
+    method its `build_method` makes (a notebook's own, too), so only the API and the CLI, which build
+    from the recipe registry, check them.
     """
     from idfer_jax import methods
     from idfer_jax.data import datasets, pipeline
@@ -184,7 +195,8 @@ def validate(config) -> None:
     if missing:
         raise ConfigError(f"The config has no {', '.join(repr(k) for k in missing)}; build it with "
                           "idfer_jax.config_defaults.run (see configs/baseline_synthetic.py).")
-    _choice(config, "method", methods.METHODS, "recipe")
+    if recipes:
+        _choice(config, "method", methods.METHODS, "recipe")
     _choice(config, "dtype", DTYPES)
     if "backbone" in config.model:
         _choice(config, "model.backbone", resnet.PRESETS)
@@ -219,7 +231,33 @@ def validate(config) -> None:
     _number(config, "data.image_size", minimum=1, integer=True)
     for key in ("data.crop_padding", "data.worker_count", "data.fold"):
         _number(config, key, minimum=0, integer=True)
-    methods.check_config(config)
+    class_names = _lookup(config, "data.class_names")
+    if class_names is not _ABSENT and class_names:
+        _check_class_names(tuple(class_names))
+    if recipes:
+        methods.check_config(config)
+
+
+def _check_class_names(names: tuple) -> None:
+    """The run's classes: at least two distinct names (strings: a label that is a number is quoted)."""
+    if not all(isinstance(n, str) for n in names):
+        quoted = ",".join(repr(str(n)) for n in names)
+        raise ConfigError(
+            f"config.data.class_names={names!r} holds non-string names; class names are strings, also when "
+            f"the labels are numbers: --config.data.class_names=\"({quoted})\" (or map codes to names "
+            "with --config.data.class_map=1:surprise,...)."
+        )
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ConfigError(
+            f"config.data.class_names names {', '.join(map(repr, repeated))} more than once; give each class "
+            "once (merge dataset classes with --config.data.class_map=from:to)."
+        )
+    if len(names) < 2:
+        raise ConfigError(
+            f"config.data.class_names={names!r} holds {len(names)} class; a classifier needs at least 2. "
+            "Add the classes to tell apart, e.g. --config.data.class_names=\"('happiness','sadness')\"."
+        )
 
 
 def _lookup(config, dotted: str):

@@ -198,6 +198,38 @@ def test_manifest_with_bom_and_invisible_label_differences(tmp_path):
     assert datasets.parse_class_map("\ufeff1 : surprise\u200b, 2:fear") == {"1": "surprise", "2": "fear"}
 
 
+def test_manifest_listing_an_image_twice_names_it(tmp_path):
+    root = tmp_path / "raw"
+    write_images(root, {"S01": {"a": 2}, "S02": {"a": 2}})
+    rows = ["path,expression,subject", "S01/a/0.png,happy,S01", "S01/a/1.png,sad,S01",
+            "S02/a/0.png,happy,S02", "./S01/a/0.png,sad,S02", "S02/a/1.png,sad,S02"]
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(DataError, match=r"labels.csv lists ./S01/a/0.png more than once; keep one row per"):
+        datasets.open_dataset(folder_config(tmp_path, root, pattern="", manifest="labels.csv"))
+
+
+@pytest.mark.parametrize("mode", ["16-bit grey", "float grey", "transparent RGBA", "half-opaque RGBA"])
+def test_image_modes_are_stored_as_a_viewer_shows_them(tmp_path, mode):
+    path = tmp_path / ("image.tif" if mode == "float grey" else "image.png")
+    if mode == "16-bit grey":  # 1000 / 65535: nearly black, not stretched to white
+        Image.fromarray(np.full((4, 4), 1000, np.uint16)).save(path)
+        expected = round(1000 / 257)
+    elif mode == "float grey":  # 0.5 in [0, 1]: mid grey
+        Image.fromarray(np.full((4, 4), 0.5, np.float32)).save(path)
+        expected = 128
+    elif mode == "transparent RGBA":  # hidden colour black, fully transparent: the white page shows
+        Image.fromarray(np.zeros((4, 4, 4), np.uint8), "RGBA").save(path)
+        expected = 255
+    else:  # black at alpha 128 over white
+        rgba = np.zeros((4, 4, 4), np.uint8)
+        rgba[..., 3] = 128
+        Image.fromarray(rgba, "RGBA").save(path)
+        expected = 127
+    pixels = np.asarray(fb.to_rgb(fb.read_image(path)))
+    assert pixels.shape == (4, 4, 3)
+    np.testing.assert_allclose(pixels, expected, atol=1)
+
+
 # -- 6. class_map reaches image_folder labels ------------------------------------------------------
 
 

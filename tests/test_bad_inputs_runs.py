@@ -187,8 +187,9 @@ def test_every_checkpoint_corrupt_refuses_to_start_over_unless_restart(smoke_con
 
 
 def test_second_run_on_a_locked_workdir_names_the_first_ones_pid(smoke_config, run_copy):
-    with workdir_lib.locked(str(run_copy)):
-        with pytest.raises(workdir_lib.WorkdirBusyError, match=f"in use by process {os.getpid()}"):
+    with workdir_lib.locked(str(run_copy), "idfer crossval"):
+        with pytest.raises(workdir_lib.WorkdirBusyError,
+                           match=f"in use by process {os.getpid()} .`idfer crossval` on this workdir"):
             api.train(_config(smoke_config), str(run_copy))
     # Released on exit, and a stale pid (a dead process's) does not block.
     (run_copy / workdir_lib.LOCK_FILE).write_text("999999\n")
@@ -438,6 +439,50 @@ def test_evaluate_without_a_checkpoint_says_to_train_first(smoke_config, tmp_pat
         api.evaluate(smoke_config, str(workdir))
     assert isinstance(e.value, UserError) and str(workdir) in str(e.value)
     assert not workdir.exists()  # evaluating creates nothing
+
+
+def test_evaluate_refuses_data_split_otherwise_than_in_training(smoke_config, run_copy):
+    # As if images were added to the folder after training: the fold's subjects as opened now differ
+    # from the run's folds.json, so the "held-out" subjects could be training subjects.
+    folds = json.loads((run_copy / "folds.json").read_text())
+    folds["test_subject_names"][0] = folds["test_subject_names"][1]
+    (run_copy / "folds.json").write_text(json.dumps(folds))
+    with pytest.raises(ckpt_lib.CheckpointMismatchError, match="not split as it was when this model was "
+                       "trained .test_subject_names: trained") as e:
+        api.evaluate(_config(smoke_config), str(run_copy))
+    assert "Put the data back as it was" in str(e.value)
+    assert not (run_copy / "report.md").exists()
+
+
+def test_evaluate_after_the_fold_file_was_edited_says_how_to_put_it_back(tmp_path):
+    from idfer_jax.train.evaluate import check_same_split
+
+    trained = {"dataset": "x", "test_subject_names": [["a"], ["b"]], "num_train": 5}
+    (tmp_path / "folds.json").write_text(json.dumps(trained))
+    check_same_split(dict(trained), str(tmp_path), "/data/ff.json")  # unchanged: accepted
+    with pytest.raises(ckpt_lib.CheckpointMismatchError,
+                       match=f"cp {tmp_path / 'folds.json'} /data/ff.json"):
+        check_same_split({**trained, "test_subject_names": [["b"], ["a"]]}, str(tmp_path), "/data/ff.json")
+
+
+def test_resuming_on_records_that_changed_is_a_mismatch_not_a_corrupt_checkpoint(smoke_config, run_copy,
+                                                                                 monkeypatch):
+    # grain's own refusal when the data source under a checkpoint changed (a folder gained images).
+    def restore(self, step, args=None):
+        raise ValueError("DataSource in checkpoint does not match datasource in dataloader.")
+
+    monkeypatch.setattr(ckpt_lib.ocp.CheckpointManager, "restore", restore)
+    with pytest.raises(ckpt_lib.CheckpointMismatchError, match="trained on other data.*intact"):
+        api.train(_config(smoke_config, num_steps=8), str(run_copy))
+    assert sorted(os.listdir(run_copy / "checkpoints")) == ["2", "4"]  # nothing moved aside
+    assert not (run_copy / ckpt_lib.CORRUPT_DIR).exists()
+
+
+@pytest.mark.parametrize("value,flag", [(["anger", "happiness"], "\"('anger','happiness')\""),
+                                        (["anger"], "\"('anger',)\""), ([], '"()"'), (0.002, "0.002"),
+                                        ("", "''"), ("a b", "'a b'")])
+def test_mismatch_hints_give_flag_values_the_shell_passes_back(value, flag):
+    assert ckpt_lib._flag_value(value) == flag
 
 
 def test_ctrl_c_says_where_the_run_resumes(smoke_config, run_copy):

@@ -262,9 +262,20 @@ def to_rgb(image) -> Image.Image:
     if image.mode in ("P", "PA"):  # palette images (e.g. JAFFE's TIFFs): resolve the palette first
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit grey (PNG, TIFF; Pillow may open it as 32-bit 'I'): 65535 is white, as a viewer shows it,
+        # never stretched to each image's own maximum.
         array = np.asarray(image, np.float64)
-        scale = 255.0 / max(float(array.max()), 1.0)
-        image = Image.fromarray((array * scale).astype(np.uint8))
+        image = Image.fromarray(np.clip(np.rint(array / 257.0), 0, 255).astype(np.uint8))
+    elif image.mode == "F":
+        # Floating-point grey: [0, 1] is the usual convention for such files, otherwise 0..255.
+        array = np.asarray(image, np.float64)
+        scale = 255.0 if np.nanmax(array, initial=0.0) <= 1.0 else 1.0
+        image = Image.fromarray(np.clip(np.rint(np.nan_to_num(array) * scale), 0, 255).astype(np.uint8))
+    if image.mode in ("RGBA", "LA", "La", "RGBa"):
+        # Transparent pixels as a viewer on a white page shows them [choice], not their hidden colour.
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
     return image.convert("RGB")
 
 

@@ -249,11 +249,20 @@ class ImageFolder(fb.FaceBuilder):
         cfg = self.builder_config
         if cfg.manifest:
             header, rows = _read_manifest(cfg)
+            seen: set[str] = set()
             for row in rows:
                 fields = {k: v.strip() for k, v in zip(header, row, strict=False) if v.strip()}
                 path = fb.clean_path(fields.get("path", ""))
-                if path:
-                    yield path, fields
+                if not path:
+                    continue
+                key = os.path.normpath(path)
+                if key in seen:
+                    # One image is one example: a second row would give it two labels (or count it twice).
+                    raise DataError(
+                        f"Manifest {_manifest_path(cfg)} lists {path} more than once; keep one row per image."
+                    )
+                seen.add(key)
+                yield path, fields
             return
         pattern = re.compile(cfg.pattern)
         for path in fb.image_files(root, skipped=self._skip):

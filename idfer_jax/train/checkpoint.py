@@ -35,6 +35,7 @@ import datetime
 import errno
 import json
 import os
+import shlex
 import shutil
 from collections.abc import Iterable
 from typing import Any
@@ -143,9 +144,13 @@ def check_compatible(saved: dict, current: dict, allowed: Iterable[str] = RESUMA
 
 
 def _flag_value(value: Any) -> str:
+    """`value` as the shell text of a `--config.KEY=` override that gives it back (tuples as Python
+    tuples, which is how ml_collections parses a tuple-valued key)."""
     if isinstance(value, list):
-        return ",".join(str(v) for v in value)
-    return str(value)
+        items = ",".join(repr(v) for v in value) + ("," if len(value) == 1 else "")
+        return f'"({items})"'
+    text = str(value)
+    return shlex.quote(text) if text else "''"
 
 
 def read_saved_config(step_dir: str) -> dict:
@@ -275,6 +280,14 @@ class Checkpointer:
                         f"Checkpoint {step} in {self.directory} holds the input pipeline's position for "
                         f"other loader settings: {str(e).splitlines()[0]} Rerun with the "
                         "data.worker_count and batch size that made it, or use a new --workdir."
+                    ) from e
+                if isinstance(e, ValueError) and "does not match datasource" in str(e):
+                    # grain compares the data source's identity: the records changed under the run.
+                    raise CheckpointMismatchError(
+                        f"Checkpoint {step} in {self.directory} was trained on other data: the dataset's "
+                        "records changed since it was saved (images added to or removed from the folder, "
+                        "or the data prepared anew). The checkpoints are intact: put the data back as it "
+                        "was to resume, or train the data as it is now in a new --workdir."
                     ) from e
                 corrupt.append((step, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"))
                 continue

@@ -31,6 +31,7 @@ from jax.experimental import multihost_utils
 
 from idfer_jax import eval as E
 from idfer_jax.data import pipeline
+from idfer_jax.train.checkpoint import CheckpointMismatchError
 from idfer_jax.train.trainer import BuildMethod, Trainer, to_global
 
 YAW_BANDS = ((0, 20), (20, 40), (40, 60))
@@ -93,9 +94,48 @@ def _eval_batches(trainer: Trainer, indices: np.ndarray):
     )
 
 
+# What a fold file records about the data a model was trained and is tested on.
+SPLIT_KEYS = ("dataset", "protocol", "fold", "num_folds", "test_subject_names", "class_names", "num_train",
+              "num_test")
+
+
+def check_same_split(fold_file: dict, workdir: str, fold_file_path: str = "") -> None:
+    """Raises CheckpointMismatchError when the data as opened now is split otherwise than in the run that
+    trained the model (its `folds.json`): an edited fold file, or images added to or removed from a
+    folder, would otherwise test the model on subjects it was trained on, without a word."""
+    path = os.path.join(workdir, "folds.json")
+    if not os.path.isfile(path):
+        return  # a run from before fold files were written
+    try:
+        with open(path) as f:
+            trained = json.load(f)
+    except (OSError, ValueError):
+        return  # unreadable: the checkpoint's config check still holds
+    now = json.loads(json.dumps(fold_file))
+    diffs = [k for k in SPLIT_KEYS if k in trained and trained.get(k) != now.get(k)]
+    if diffs:
+        details = "; ".join(f"{k}: trained {_short(trained.get(k))} vs now {_short(now.get(k))}"
+                            for k in diffs)
+        fix = (f"The fold file {fold_file_path} changed since training: put the run's split back with "
+               f"`cp {path} {fold_file_path}`, or train a new run with the new fold file."
+               if fold_file_path else
+               "Put the data back as it was (a folder that gained or lost images is another dataset), or "
+               "train a new run on the data as it is now.")
+        raise CheckpointMismatchError(
+            f"The data is not split as it was when this model was trained ({details}), so the test fold "
+            f"could hold subjects it was trained on. {fix}"
+        )
+
+
+def _short(value, limit: int = 80) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def evaluate(config, workdir: str, build_method: BuildMethod, devices=None) -> dict:
     trainer = Trainer(config, build_method, devices)
     step, variables = trainer.restore_variables(workdir)
+    check_same_split(trainer.dataset.fold_file, workdir, config.data.get("fold_file") or "")
     spec = trainer.dataset.spec
     out = collect_outputs(trainer, variables, trainer.dataset.test_indices)
     predictions = out["logits"].argmax(-1)

@@ -139,7 +139,7 @@ class Trainer:
 
     def __init__(self, config, build_method: BuildMethod, devices=None):
         # Every value a run reads, before any data is prepared (ConfigError naming the key otherwise).
-        configuration.validate(config)
+        configuration.validate(config, recipes=False)  # the API / CLI checked the recipe's part
         self.config = config
         # Before the mesh: preparing synthetic data forks render workers, best done before XLA
         # starts its threads.

@@ -54,10 +54,10 @@ def locked(workdir: str, command: str = "idfer train") -> Iterator[str]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = _read_pid(fd)
+            holder, holder_command = _read_holder(fd)
             who = f"process {holder}" if holder else "another process"
             raise WorkdirBusyError(
-                f"{path} is in use by {who} (another `{command}` on this workdir; lock file "
+                f"{path} is in use by {who} (`{holder_command or 'idfer'}` on this workdir; lock file "
                 f"{lock_path}). Wait for it to finish or stop it{f' (kill {holder})' if holder else ''}, "
                 "or use another --workdir."
             ) from None
@@ -65,7 +65,7 @@ def locked(workdir: str, command: str = "idfer train") -> Iterator[str]:
             raise workdir_error(e, lock_path, "lock") from e
         try:
             os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            os.pwrite(fd, f"{os.getpid()} {command}\n".encode(), 0)
             os.fsync(fd)
         except OSError as e:
             raise workdir_error(e, lock_path, "write") from e
@@ -79,9 +79,11 @@ def locked(workdir: str, command: str = "idfer train") -> Iterator[str]:
         os.close(fd)
 
 
-def _read_pid(fd: int) -> int | None:
+def _read_holder(fd: int) -> tuple[int | None, str]:
+    """(pid, command) written by the process that holds the lock."""
     try:
-        text = os.pread(fd, 64, 0).decode(errors="replace").strip()
+        text = os.pread(fd, 256, 0).decode(errors="replace").strip()
     except OSError:
-        return None
-    return int(text) if text.isdigit() else None
+        return None, ""
+    pid, _, command = text.partition(" ")
+    return (int(pid) if pid.isdigit() else None), command.strip()

@@ -60,7 +60,7 @@ CASES: list[Case] = [
          _config_file("imports.py", "import nosuchmodule_xyz\n"), expect="nosuchmodule_xyz"),
     Case("config argument the file rejects (:nosuchargument)",
          lambda ctx: ["train", f"--config={SMOKE_FILE}:nosuchargument", f"--workdir={ctx.tmp / 'run'}"],
-         expect="does not take the argument ':nosuchargument'"),
+         expect="':nosuchargument' is not an argument this file takes"),
     Case("config argument to a get_config() that takes none",
          lambda ctx: _config_file("noarg.py", "def get_config():\n    return None\n")(ctx)[:1]
          + [f"--config={ctx.tmp / 'noarg.py'}:smoke", f"--workdir={ctx.tmp / 'run'}"],

@@ -96,7 +96,7 @@ def _hold_the_lock(ctx) -> list[str]:
 
 def _names_the_holder(ctx, proc) -> str | None:
     pgid = int((ctx.tmp / "holder.pgid").read_text())
-    pid = (ctx.tmp / "run" / ".lock").read_text().strip()
+    pid = (ctx.tmp / "run" / ".lock").read_text().split()[0]  # "<pid> <command>"
     try:
         os.killpg(pgid, signal.SIGKILL)
     except ProcessLookupError:
@@ -116,6 +116,20 @@ def _file_kept(ctx, proc) -> str | None:
 def _under_a_file(ctx) -> list[str]:
     (ctx.tmp / "notes.txt").write_text("mine")
     return ["train", *ctx.smoke(str(ctx.tmp / "notes.txt" / "run"))]
+
+
+def _halves(first: range, second: range) -> str:
+    return json.dumps({"test_subject_names": [[str(s) for s in first], [str(s) for s in second]]})
+
+
+def _trained_on_a_fold_file(ctx) -> list[list[str]]:
+    (ctx.tmp / "ff.json").write_text(_halves(range(12), range(12, 24)))
+    return [_train(ctx, f"--config.data.fold_file={ctx.tmp / 'ff.json'}")]
+
+
+def _evaluate_on_the_edited_fold_file(ctx) -> list[str]:
+    (ctx.tmp / "ff.json").write_text(_halves(range(12, 24), range(12)))  # fold 0 now tests training subjects
+    return ["evaluate", *ctx.smoke(_wd(ctx), f"--config.data.fold_file={ctx.tmp / 'ff.json'}")]
 
 
 def _fold_file(content: str | None):
@@ -153,6 +167,9 @@ CASES: list[Case] = [
     Case("data_dir cannot be written (/proc)",
          lambda ctx: _train(ctx, "--config.data.data_dir=/proc/idfer_tfds"),
          expect="Cannot prepare synthetic_faces/smoke in data_dir /proc/idfer_tfds"),
+    Case("evaluate after the fold file was edited (tests on training subjects)",
+         _evaluate_on_the_edited_fold_file, expect="not split as it was when this model was trained",
+         before=_trained_on_a_fold_file),
     Case("fold file missing", _fold_file(None), expect="does not exist"),
     Case("fold file malformed JSON", _fold_file('{"test_subject_names": [["1"'), expect="is not valid JSON"),
     Case("fold file of the wrong shape", _fold_file("[[1, 2], [3, 4]]"), expect="holds a JSON list"),

@@ -47,9 +47,11 @@ class Context:
     def smoke(self, workdir: str | None = None, *extra: str) -> list[str]:
         """`--config=<smoke> --workdir=... --config.data.data_dir=<prepared>` plus a tiny budget."""
         workdir = workdir or str(self.tmp / "run")
+        defaults = [f"--config.data.data_dir={self.smoke_data_dir}", "--config.train.num_steps=4",
+                    "--config.train.checkpoint_every=2", "--config.train.log_every=2"]
+        given = {a.split("=", 1)[0] for a in extra}  # an override given twice is refused: extras win
         return [f"--config={SMOKE}", f"--workdir={workdir}",
-                f"--config.data.data_dir={self.smoke_data_dir}", "--config.train.num_steps=4",
-                "--config.train.checkpoint_every=2", "--config.train.log_every=2", *extra]
+                *(d for d in defaults if d.split("=", 1)[0] not in given), *extra]
 
     def idfer(self, args: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
         return subprocess.run(idfer_command() + args, capture_output=True, text=True, env=self.env,
@@ -107,7 +109,10 @@ def run_case(case: Case, shared: pathlib.Path, env: dict[str, str]) -> dict:
         else:
             proc = subprocess.run(idfer_command() + args, capture_output=True, text=True, env=run_env,
                                   cwd=tmp, input=case.stdin, timeout=600)
-        problem = case.check(ctx, proc) if case.check else None
+        try:
+            problem = case.check(ctx, proc) if case.check else None
+        except Exception as e:  # noqa: BLE001  (a check that cannot even look is a failed case)
+            problem = f"check failed: {type(e).__name__}: {e}"
         return row(case, proc, verdict(case, proc, problem), started, problem)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

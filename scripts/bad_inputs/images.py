@@ -34,14 +34,15 @@ def write_images(root, classes: dict[str, int], ext: dict[str, str] | None = Non
 
 def folder_run(ctx, root, class_names: tuple[str, ...], *extra: str) -> list[str]:
     names = "(" + ",".join(f"'{c}'" for c in class_names) + ",)"
-    return ["train", *ctx.smoke(str(ctx.tmp / "run")),
-            "--config.data.name=image_folder", f"--config.data.manual_dir={root}",
-            "--config.data.config=48px", "--config.data.image_size=48",
-            f"--config.data.data_dir={ctx.tmp / 'tfds'}", f"--config.data.class_names={names}",
-            "--config.data.num_folds=3", "--config.train.batch_size=8", "--config.eval.batch_size=8",
-            *extra,
-            *([] if any(e.startswith("--config.data.manifest") for e in extra)
-              else [f"--config.data.pattern={PATTERN}"])]
+    return ["train", *ctx.smoke(
+        str(ctx.tmp / "run"),
+        "--config.data.name=image_folder", f"--config.data.manual_dir={root}",
+        "--config.data.config=48px", "--config.data.image_size=48",
+        f"--config.data.data_dir={ctx.tmp / 'tfds'}", f"--config.data.class_names={names}",
+        "--config.data.num_folds=3", "--config.train.batch_size=8", "--config.eval.batch_size=8",
+        *extra,
+        *([] if any(e.startswith("--config.data.manifest") for e in extra)
+          else [f"--config.data.pattern={PATTERN}"]))]
 
 
 def expect_summary(counts: dict[str, int], total: int | None = None):

@@ -104,7 +104,8 @@ def workdir_error(e: OSError, path: str, doing: str) -> WorkdirError:
 # retrieved"), and tensorstore prints "Event loop is closed" for each write that completes after that
 # loop is gone: hundreds of lines. The error itself reaches the main thread at the next save / wait /
 # close, where `Checkpointer._reraise` turns it into one WorkdirError. These reports, and only these
-# (orbax's or asyncio's, about an errno that becomes that WorkdirError), are dropped.
+# (orbax's or asyncio's log records about an errno that becomes that WorkdirError; tensorstore's
+# loop-closed reports once such a save failed), are dropped.
 _SAVE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
 _quiet_lock = threading.Lock()
 _quiet_installed = False
@@ -176,16 +177,16 @@ def _quiet_save_error_reports() -> None:
         for name in ("absl", "asyncio"):
             py_logging.getLogger(name).addFilter(drop)
         _previous_unraisablehook = sys.unraisablehook
-
-        def unraisablehook(report):
-            if not _loop_closed_report(report):
-                _previous_unraisablehook(report)
-            elif not _save_error_seen.is_set():
-                with _quiet_lock:
-                    _held_reports.append(_HeldReport(report))
-
-        sys.unraisablehook = unraisablehook
+        sys.unraisablehook = _unraisablehook
         atexit.register(_release_held_reports)
+
+
+def _unraisablehook(report) -> None:
+    if not _loop_closed_report(report):
+        _previous_unraisablehook(report)
+    elif not _save_error_seen.is_set():
+        with _quiet_lock:
+            _held_reports.append(_HeldReport(report))
 
 
 class _HeldReport:
@@ -338,7 +339,9 @@ class Checkpointer:
         kept = (f" The last complete checkpoint (step {latest[-1]}) is kept." if latest else "")
         # The failed save may be an earlier, background one (its error surfaces at the next call).
         err = workdir_error(cause, self.directory, "save a checkpoint in")
-        raise WorkdirError(f"{err}{kept}") from e
+        one_line = WorkdirError(f"{err}{kept}")
+        one_line.errno = cause.errno
+        raise one_line from e
 
     def saved_config(self, step: int) -> dict:
         path = os.path.join(self.directory, str(step))

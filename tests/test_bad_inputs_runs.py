@@ -8,17 +8,21 @@ made by a few steps of the smoke config once per module and copied for each test
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import json
+import logging
 import os
 import shutil
 import subprocess
 import sys
+import types
 
+import jax
 import numpy as np
 import pytest
 
-from idfer_jax import api
+from idfer_jax import api, methods
 from idfer_jax.data import datasets, protocols
 from idfer_jax.data.errors import DataError
 from idfer_jax.errors import Interrupted, UserError
@@ -253,6 +257,127 @@ def test_full_disk_during_a_checkpoint_save_keeps_the_last_good_one(smoke_config
     assert "checkpoints/6" in str(e.value) and "step 4) is kept" in str(e.value)
     monkeypatch.undo()
     assert api.train(_config(smoke_config, num_steps=6), str(run_copy)).start_step == 4
+
+
+# What tensorstore (orbax's writer) raises on a full disk: a ValueError naming the errno, not an OSError.
+TENSORSTORE_ENOSPC = (
+    'RESOURCE_EXHAUSTED: Error writing local file "{path}/state.orbax-checkpoint-tmp/_sharding": Failed '
+    "writing: ... Failed to write 3722 bytes to file 11: No space left on device [os_error_code='28'] "
+    "[tensorstore_spec='{{...}}']"
+)
+
+
+@pytest.mark.parametrize("when", ["save", "background"])
+def test_tensorstore_full_disk_is_one_line_and_the_last_checkpoint_restores(smoke_config, run_copy,
+                                                                            monkeypatch, when):
+    """`save`: the save call raises; `background`: an async save fails in its thread and orbax raises
+    that error once, at the next wait_until_finished (here the close at the end of the run)."""
+    manager = ckpt_lib.ocp.CheckpointManager
+    real_save, real_wait = manager.save, manager.wait_until_finished
+    pending: list[Exception] = []
+
+    def save(self, step, *args, **kwargs):
+        if step == 6:
+            error = ValueError(TENSORSTORE_ENOSPC.format(path=run_copy / "checkpoints" / "6.tmp"))
+            if when == "save":
+                raise error
+            pending.append(error)
+            return True
+        return real_save(self, step, *args, **kwargs)
+
+    def wait_until_finished(self):
+        real_wait(self)
+        if pending:
+            raise pending.pop()
+
+    monkeypatch.setattr(manager, "save", save)
+    monkeypatch.setattr(manager, "wait_until_finished", wait_until_finished)
+    with pytest.raises(ckpt_lib.WorkdirError) as e:
+        api.train(_config(smoke_config, num_steps=6, async_checkpoints=when == "background"), str(run_copy))
+    message = str(e.value)
+    assert isinstance(e.value, UserError) and e.value.errno == errno.ENOSPC and "\n" not in message
+    assert message.startswith(f"Cannot save a checkpoint in {run_copy / 'checkpoints'}: No space left on "
+                              "device; free some space, or pass a --workdir on another disk.")
+    assert message.endswith("The last complete checkpoint (step 4) is kept.")
+    assert not pending and sorted(os.listdir(run_copy / "checkpoints")) == ["2", "4"]
+    monkeypatch.undo()
+    trainer = trainer_lib.Trainer(_config(smoke_config, num_steps=6), methods.build)
+    step, variables = trainer.restore_variables(str(run_copy))
+    assert step == 4 and all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(variables))
+    assert api.train(_config(smoke_config, num_steps=6), str(run_copy)).start_step == 4
+
+
+def _log_record(pathname: str, exc: Exception, name: str = "absl"):
+    return logging.LogRecord(name, logging.ERROR, pathname, 387, "save failed", None, (type(exc), exc, None))
+
+
+def test_only_orbax_reports_of_a_failed_save_are_dropped(caplog):
+    ckpt_lib._quiet_save_error_reports()
+    enospc = ValueError(TENSORSTORE_ENOSPC.format(path="/w/checkpoints/6"))
+    orbax_file = "/site-packages/orbax/checkpoint/_src/futures/future.py"
+    kept = [_log_record(orbax_file, ValueError("RESOURCE_EXHAUSTED: out of memory")),  # not a file error
+            _log_record("/site-packages/mylib/io.py", enospc)]  # not orbax's
+    with caplog.at_level(logging.ERROR):
+        for record in [_log_record(orbax_file, enospc), _log_record("/lib/asyncio/base_events.py", enospc,
+                                                                    name="asyncio")] + kept:
+            logging.getLogger(record.name).handle(record)
+    assert [r.pathname for r in caplog.records] == [r.pathname for r in kept]
+
+
+def test_loop_closed_reports_are_held_until_a_save_is_known_to_have_failed(monkeypatch):
+    shown: list = []
+    monkeypatch.setattr(ckpt_lib, "_previous_unraisablehook", shown.append)
+    monkeypatch.setattr(ckpt_lib, "_save_error_seen", ckpt_lib.threading.Event())
+    monkeypatch.setattr(ckpt_lib, "_held_reports", [])
+    loop = asyncio.new_event_loop()
+    loop.close()
+    try:
+        loop.call_soon_threadsafe(print)
+    except RuntimeError as e:  # as tensorstore's C++ callback meets it: call_soon_threadsafe first
+        closed = types.SimpleNamespace(exc_type=RuntimeError, exc_value=e, err_msg=None, object=None,
+                                       exc_traceback=e.__traceback__.tb_next)
+    other = types.SimpleNamespace(exc_type=KeyError, exc_value=KeyError("x"), exc_traceback=None,
+                                  err_msg=None, object=None)
+    ckpt_lib._unraisablehook(other)
+    ckpt_lib._unraisablehook(closed)
+    assert shown == [other]
+    ckpt_lib._release_held_reports()  # the save went well: the report was not noise
+    assert [r.exc_value for r in shown[1:]] == [closed.exc_value]
+    ckpt_lib._unraisablehook(closed)
+    ckpt_lib._note_save_error()
+    ckpt_lib._unraisablehook(closed)
+    ckpt_lib._release_held_reports()
+    assert len(shown) == 2
+
+
+@pytest.mark.parametrize("error", [
+    RuntimeError('Failed to finalize writing of split "train": write() failed: No space left on device; '
+                 "array_record_writer.cc:512"),
+    ValueError("RESOURCE_EXHAUSTED: Failed writing: No space left on device [os_error_code='28']"),
+    OSError(errno.ENOSPC, "No space left on device"),
+])
+def test_full_disk_while_preparing_data_names_the_data_dir(smoke_config, tmp_path, monkeypatch, error):
+    def download_and_prepare(self, *args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(datasets.tfds.core.DatasetBuilder, "download_and_prepare", download_and_prepare)
+    smoke_config.data.data_dir = str(tmp_path / "tfds")
+    with pytest.raises(DataError) as e:
+        datasets.open_dataset(smoke_config.data)
+    assert str(e.value) == (
+        f"Cannot prepare synthetic_faces/smoke in data_dir {tmp_path / 'tfds'}: No space left on device; "
+        "free some space there, or pass a data_dir on another disk with --config.data.data_dir.")
+
+
+def test_other_data_preparation_errors_are_not_called_a_full_disk(smoke_config, tmp_path, monkeypatch):
+    def download_and_prepare(self, *args, **kwargs):
+        raise RuntimeError("a bug in a builder")
+
+    monkeypatch.setattr(datasets.tfds.core.DatasetBuilder, "download_and_prepare", download_and_prepare)
+    smoke_config.data.data_dir = str(tmp_path / "tfds")
+    with pytest.raises(RuntimeError, match="a bug in a builder") as e:
+        datasets.open_dataset(smoke_config.data)
+    assert not isinstance(e.value, UserError)
 
 
 def test_full_disk_while_writing_metrics_names_the_file(tmp_path):

@@ -21,9 +21,11 @@ A fold file (`folds.json`) records the whole split by subject *name*; `config.da
 from __future__ import annotations
 
 import dataclasses
+import errno
 import importlib
 import json
 import os
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,6 +35,7 @@ from absl import logging
 
 from idfer_jax.data import protocols
 from idfer_jax.data.errors import DataError
+from idfer_jax.errors import os_error_in
 
 # Builders that ship with the library; importing the module registers the TFDS builder.
 DATASET_MODULES = {
@@ -163,15 +166,40 @@ def load_builder(data_config) -> tfds.core.DatasetBuilder:
         download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
         try:
             builder.download_and_prepare(file_format="array_record", download_config=download_config)
-        except OSError as e:
-            if isinstance(e, DataError) or e.errno is None:
+        except (OSError, RuntimeError, ValueError) as e:
+            # A full disk or an unwritable folder: TFDS raises the OSError, array_record a RuntimeError
+            # or ValueError that names the errno ("write() failed: No space left on device").
+            cause = None if isinstance(e, DataError) else os_error_in(e)
+            if cause is None or cause.errno is None:
                 raise
+            _close_progress_bars()
+            fix = ("free some space there, or pass a data_dir on another disk"
+                   if cause.errno in (errno.ENOSPC, errno.EDQUOT) else "pass a data_dir you may write to")
+            filename = getattr(cause, "filename", None)
+            at = f" ({filename})" if filename and filename != directory else ""
             raise DataError(
                 f"Cannot prepare {dataset_name(data_config)} in data_dir {directory}: "
-                f"{os.strerror(e.errno)} ({e.filename or directory}). Pass a data_dir you may write to "
-                "(and with free space) with --config.data.data_dir."
+                f"{os.strerror(cause.errno)}{at}; {fix} with --config.data.data_dir."
             ) from e
     return builder
+
+
+def _close_progress_bars() -> None:
+    """Ends the progress bars a failed preparation left open, so that its one-line error is not
+    followed by their redraws at exit."""
+    try:
+        from tqdm import std
+    except ImportError:
+        return
+    bars = list(getattr(std.tqdm, "_instances", ()))
+    for bar in bars:
+        try:
+            bar.close()
+        except Exception:  # noqa: BLE001 - a bar that cannot close is only cosmetic
+            pass
+    if bars:  # a closed inner bar leaves the cursor mid-line
+        sys.stderr.write("\r")
+        sys.stderr.flush()
 
 
 def _image_shape(builder) -> tuple[int, int, int]:

@@ -31,12 +31,17 @@ unreadable, training refuses to start over (`NoUsableCheckpointError`) unless as
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import errno
 import json
+import logging as py_logging
 import os
 import shlex
 import shutil
+import sys
+import threading
+import warnings
 from collections.abc import Iterable
 from typing import Any
 
@@ -45,7 +50,7 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
-from idfer_jax.errors import UserError
+from idfer_jax.errors import UserError, os_error_in
 
 # Config keys (a key, or a whole block ending in '.') that may differ between a run and its resumption.
 RESUMABLE_KEYS: tuple[str, ...] = (
@@ -91,6 +96,107 @@ def workdir_error(e: OSError, path: str, doing: str) -> WorkdirError:
     err = WorkdirError(f"Cannot {doing} {where}: {reason}; {hint}.")
     err.errno = e.errno
     return err
+
+
+# --- A write error while saving: one line, not orbax's and asyncio's reports of it -------------------
+#
+# When a save fails (a full disk), every orbax writer thread logs the tensorstore error with its
+# traceback, the save's asyncio loop logs each of its failed tasks ("Task exception was never
+# retrieved"), and tensorstore prints "Event loop is closed" for each write that completes after that
+# loop is gone: hundreds of lines. The error itself reaches the main thread at the next save / wait /
+# close, where `Checkpointer._reraise` turns it into one WorkdirError. These reports, and only these
+# (orbax's or asyncio's log records about an errno that becomes that WorkdirError; tensorstore's
+# loop-closed reports once such a save failed), are dropped.
+_SAVE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
+_quiet_lock = threading.Lock()
+_quiet_installed = False
+_save_error_seen = threading.Event()
+
+
+def _is_save_error_report(record: py_logging.LogRecord) -> bool:
+    if record.name != "asyncio" and f"{os.sep}orbax{os.sep}" not in (record.pathname or ""):
+        return False
+    exc = record.exc_info[1] if record.exc_info else None
+    if exc is None:  # asyncio's "Future exception was never retrieved" carries it in the message
+        try:
+            exc = Exception(record.getMessage())
+        except Exception:  # noqa: BLE001 - a malformed record is not ours to judge
+            return False
+    found = os_error_in(exc)
+    return found is not None and found.errno in _SAVE_ERRNOS
+
+
+class _DropSaveErrorReports(py_logging.Filter):
+    def filter(self, record: py_logging.LogRecord) -> bool:
+        if _is_save_error_report(record):
+            _note_save_error()
+            return False
+        return True
+
+
+def _note_save_error() -> None:
+    """A save failed with an error the Checkpointer reports as one line: what is left of it is noise."""
+    if _save_error_seen.is_set():
+        return
+    _save_error_seen.set()
+    with _quiet_lock:
+        _held_reports.clear()
+    # The failed save's unfinished writes are garbage-collected at exit, each with a RuntimeWarning.
+    warnings.filterwarnings("ignore", message=r"coroutine '.*' was never awaited", category=RuntimeWarning)
+
+
+def _loop_closed_report(report) -> bool:
+    """tensorstore's report (sys.unraisablehook) of a write that completed after a failed save's loop
+    was closed."""
+    tb = report.exc_traceback
+    return (report.exc_type is RuntimeError and str(report.exc_value) == "Event loop is closed"
+            and tb is not None and tb.tb_frame.f_code.co_name == "call_soon_threadsafe")
+
+
+# tensorstore reports these at once, before orbax reports the error behind them: they are held until
+# the save is known to have failed (then dropped) or not (then shown).
+_held_reports: list[Any] = []
+_previous_unraisablehook = sys.unraisablehook
+
+
+def _release_held_reports() -> None:
+    with _quiet_lock:
+        held = [] if _save_error_seen.is_set() else list(_held_reports)
+        _held_reports.clear()
+    for report in held:
+        _previous_unraisablehook(report)
+
+
+def _quiet_save_error_reports() -> None:
+    """Installs, once per process, the filters that drop the duplicate reports of a failed save."""
+    global _quiet_installed, _previous_unraisablehook
+    with _quiet_lock:
+        if _quiet_installed:
+            return
+        _quiet_installed = True
+        drop = _DropSaveErrorReports()
+        for name in ("absl", "asyncio"):
+            py_logging.getLogger(name).addFilter(drop)
+        _previous_unraisablehook = sys.unraisablehook
+        sys.unraisablehook = _unraisablehook
+        atexit.register(_release_held_reports)
+
+
+def _unraisablehook(report) -> None:
+    if not _loop_closed_report(report):
+        _previous_unraisablehook(report)
+    elif not _save_error_seen.is_set():
+        with _quiet_lock:
+            _held_reports.append(_HeldReport(report))
+
+
+class _HeldReport:
+    """A copy of an UnraisableHookArgs (which is only valid during the hook call)."""
+
+    def __init__(self, report):
+        self.exc_type, self.exc_value, self.exc_traceback = (
+            report.exc_type, report.exc_value, report.exc_traceback)
+        self.err_msg, self.object = report.err_msg, report.object
 
 
 def _flatten(config: Any, prefix: str = "") -> dict[str, Any]:
@@ -181,6 +287,7 @@ class Checkpointer:
     def __init__(self, directory: str, *, save_every: int, keep: int, async_save: bool = True,
                  create: bool = True):
         self.directory = os.path.abspath(directory)
+        _quiet_save_error_reports()
         options = ocp.CheckpointManagerOptions(
             save_interval_steps=max(1, int(save_every)),
             max_to_keep=max(1, int(keep)),
@@ -225,17 +332,21 @@ class Checkpointer:
 
     def _reraise(self, e: Exception, step: int | None) -> None:
         """A full disk or lost permission while saving is the user's to fix: one line naming the path.
-        Raises that WorkdirError when `e` comes from an OSError; returns otherwise."""
-        cause: BaseException | None = e
-        while cause is not None and not isinstance(cause, OSError):
-            cause = cause.__cause__ or cause.__context__
-        if cause is None or isinstance(e, UserError):
+        Raises that WorkdirError when `e` comes from an OSError (or is tensorstore's ValueError naming
+        one, "... No space left on device [os_error_code='28']"); returns otherwise."""
+        if isinstance(e, UserError):
             return
+        cause = os_error_in(e)
+        if cause is None or cause.errno is None:
+            return
+        _note_save_error()
         latest = [s for s in self.steps() if s != step]
         kept = (f" The last complete checkpoint (step {latest[-1]}) is kept." if latest else "")
-        what = f"save checkpoint {step} in" if step is not None else "save a checkpoint in"
-        err = workdir_error(cause, self.directory, what)
-        raise WorkdirError(f"{err}{kept}") from e
+        # The failed save may be an earlier, background one (its error surfaces at the next call).
+        err = workdir_error(cause, self.directory, "save a checkpoint in")
+        one_line = WorkdirError(f"{err}{kept}")
+        one_line.errno = cause.errno
+        raise one_line from e
 
     def saved_config(self, step: int) -> dict:
         path = os.path.join(self.directory, str(step))
@@ -367,6 +478,7 @@ class Checkpointer:
         except Exception as e:
             self._reraise(e, None)
             raise
+        _release_held_reports()
 
     def close(self) -> None:
         try:
@@ -376,6 +488,7 @@ class Checkpointer:
             raise
         finally:
             self._manager.close()
+        _release_held_reports()
 
 
 def abstract_like(tree, sharding) -> Any:

@@ -126,7 +126,8 @@ def _first_line(text: str) -> str:
 
 def row(case: Case, proc, verdict_: str, started: float, problem: str | None = None) -> dict:
     return {"case": case.name, "exit": proc.returncode, "stderr": _first_line(proc.stderr),
-            "verdict": verdict_, "problem": problem, "seconds": round(time.time() - started, 1)}
+            "verdict": verdict_, "problem": problem, "seconds": round(time.time() - started, 1),
+            "stderr_tail": (proc.stderr or "").splitlines()[-40:]}
 
 
 def main() -> int:
@@ -154,6 +155,10 @@ def main() -> int:
         detail = f" ({r['problem']})" if r["problem"] else ""
         print(f"| {r['kind']} | {r['case']} | {r['exit']} | {r['stderr'].replace('|', '/')} | "
               f"{r['verdict']}{detail} |")
+    for r in rows:
+        if r["verdict"] != "clear":
+            print(f"\n--- stderr of '{r['case']}' ({r['verdict']}), last lines:")
+            print("\n".join(r["stderr_tail"]))
     counts = {v: sum(r["verdict"] == v for r in rows) for v in ("clear", "traceback", "silent", "misleading")}
     counts["setup failed"] = sum(r["verdict"].startswith("setup failed") for r in rows)
     print("\n" + ", ".join(f"{n} {v}" for v, n in counts.items()) + f" of {len(rows)} cases")

@@ -23,6 +23,7 @@ by fold the same way.
 from __future__ import annotations
 
 import atexit
+import difflib
 import os
 import signal
 import sys
@@ -35,6 +36,9 @@ from idfer_jax import configuration
 from idfer_jax.errors import UserError
 
 COMMANDS = ("train", "evaluate", "crossval", "bench")
+# Flags that only some commands read; given to another, they would be silently ignored.
+COMMAND_FLAGS = {"recipes": ("bench",), "devices": ("bench",), "dtypes": ("bench",), "inputs": ("bench",),
+                 "steps": ("bench",), "torch": ("bench",), "restart": ("train", "crossval")}
 USAGE = f"idfer {{{'|'.join(COMMANDS)}}} --config=FILE --workdir=DIR [--config.KEY=VALUE ...]"
 
 
@@ -147,7 +151,8 @@ def _parse_flags(argv: list[str]) -> list[str]:
             _fail(cause, cause.exit_code)
         message = str(e).rstrip()
         message += "" if message.endswith((".", "?", "!")) else "."
-        _fail(f"{message} Usage: {USAGE} (idfer --helpshort lists the flags).", UsageError.exit_code)
+        _fail(f"{message} Usage: {USAGE} (idfer --helpfull lists the flags; config values are set with "
+              "--config.KEY=VALUE, e.g. --config.train.num_steps=100).", UsageError.exit_code)
 
 
 def main(argv: list[str]) -> None:
@@ -196,9 +201,19 @@ def _os_error_line(e: OSError) -> str:
 def _main(argv: list[str]) -> None:
     commands = argv[1:]
     if len(commands) != 1 or commands[0] not in COMMANDS:
+        close = difflib.get_close_matches(commands[0], COMMANDS, n=1) if len(commands) == 1 else []
+        hint = f" Did you mean `idfer {close[0]}`?" if close else ""
         raise UsageError(
-            f"Give exactly one command: {' | '.join(COMMANDS)} (got {' '.join(commands) or 'none'}). "
+            f"Give exactly one command: {' | '.join(COMMANDS)} (got {' '.join(commands) or 'none'}).{hint} "
             f"Usage: {USAGE}"
+        )
+    wrong = [f"--{name}" for name, commands_of in COMMAND_FLAGS.items()
+             if flags.FLAGS[name].present and commands[0] not in commands_of]
+    if wrong:
+        raise UsageError(
+            f"{', '.join(wrong)} {'is' if len(wrong) == 1 else 'are'} not an option of `idfer {commands[0]}` "
+            "and would be ignored; drop it (config values are set with --config.KEY=VALUE, e.g. "
+            "--config.train.num_steps=100)."
         )
     if _CONFIG.value is None or not _WORKDIR.value:
         missing = [f for f, v in (("--config=FILE", _CONFIG.value), ("--workdir=DIR", _WORKDIR.value))

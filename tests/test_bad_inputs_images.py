@@ -230,6 +230,13 @@ def test_image_modes_are_stored_as_a_viewer_shows_them(tmp_path, mode):
     np.testing.assert_allclose(pixels, expected, atol=1)
 
 
+def test_image_folder_size_in_the_config_name_must_match_image_size(tmp_path):
+    root = tmp_path / "raw"
+    write_images(root, {"S01": {"a": 1}})
+    with pytest.raises(DataError, match=r"data.config='64px' names 64 px but config.data.image_size=32"):
+        datasets.open_dataset(folder_config(tmp_path, root, config="64px"))
+
+
 # -- 6. class_map reaches image_folder labels ------------------------------------------------------
 
 

@@ -610,6 +610,14 @@ def test_mismatch_hints_give_flag_values_the_shell_passes_back(value, flag):
     assert ckpt_lib._flag_value(value) == flag
 
 
+def test_unreadable_checkpoint_reasons_leave_out_storage_internals():
+    tensorstore = ValueError("NOT_FOUND: Error opening file: /w/4/state/d/abc [source locations='tensorstore/"
+                             "x.cc:1'] See full TensorStore details: <bound method pybind11_detail_...>")
+    assert ckpt_lib._reason(tensorstore) == "ValueError: NOT_FOUND: Error opening file: /w/4/state/d/abc"
+    structure = ValueError("pytree structure error: different types at key path ['params']")
+    assert "does not have the structure of this run's state" in ckpt_lib._reason(structure)
+
+
 def test_ctrl_c_says_where_the_run_resumes(smoke_config, run_copy):
     def press_ctrl_c(step, state, metrics):
         if step == 5:

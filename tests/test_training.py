@@ -289,6 +289,12 @@ def test_cli_usage_errors(compilation_cache, tmp_path):
     assert no_workdir.returncode != 0 and "--workdir" in no_workdir.stderr
     missing_file = idfer("train", "--config=configs/nope.py", f"--workdir={tmp_path}", env=env)
     assert missing_file.returncode != 0 and "nope.py" in missing_file.stderr
+    typo = idfer("trian", f"--config={SMOKE}", f"--workdir={tmp_path}", env=env)
+    assert typo.returncode == 2 and "Did you mean `idfer train`?" in typo.stderr
+    # A bench-only flag on train would be ignored (absl suggests --steps for a mistyped --num_steps).
+    ignored = idfer("train", f"--config={SMOKE}", f"--workdir={tmp_path}", "--steps=5", env=env)
+    assert ignored.returncode == 2 and "--steps is not an option of `idfer train`" in ignored.stderr
+    assert not os.listdir(tmp_path)
 
 
 @pytest.mark.slow

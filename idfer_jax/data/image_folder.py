@@ -142,6 +142,14 @@ def builder_kwargs_from_config(data_config) -> dict:
 
     class_map = tuple(parse_class_map(data_config.get("class_map")).items())
     size, aligned = int(data_config.image_size), "aligned" in (data_config.get("config") or "")
+    named = re.search(r"(\d+)px", data_config.get("config") or "")
+    if named and int(named.group(1)) != size:
+        raise DataError(
+            f"config.data.config={data_config.config!r} names {named.group(1)} px but "
+            f"config.data.image_size={size}; an image_folder is prepared at data.image_size. Set both to "
+            f"one size, e.g. --config.data.config={data_config.config} "
+            f"--config.data.image_size={named.group(1)}."
+        )
     config = ImageFolderConfig(name="pending", root=os.path.abspath(root), pattern=pattern,
                                manifest=manifest, class_names=class_names, class_map=class_map,
                                image_size=size, aligned=aligned,

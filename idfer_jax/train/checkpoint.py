@@ -48,7 +48,6 @@ from typing import Any
 import grain
 import jax
 import orbax.checkpoint as ocp
-from absl import logging
 
 from idfer_jax.errors import UserError, os_error_in
 
@@ -400,7 +399,7 @@ class Checkpointer:
                         "or the data prepared anew). The checkpoints are intact: put the data back as it "
                         "was to resume, or train the data as it is now in a new --workdir."
                     ) from e
-                corrupt.append((step, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"))
+                corrupt.append((step, _reason(e)))
                 continue
             if move_corrupt:
                 self._move_aside(corrupt, fallback=step)
@@ -445,8 +444,6 @@ class Checkpointer:
                     raise workdir_error(e, source, "move the unreadable checkpoint") from e
                 then = (f"resuming from checkpoint {fallback}" if fallback is not None
                         else "starting over from step 0 (--restart)")
-                logging.warning("Checkpoint %d in %s is unreadable (%s); moved to %s.",
-                                step, self.directory, reason, target)
                 print(f"WARNING: checkpoint {step} in {self.directory} is unreadable ({reason[:200]}); "
                       f"moved it to {target} and {then}.", flush=True)
         if jax.process_count() > 1:
@@ -489,6 +486,15 @@ class Checkpointer:
         finally:
             self._manager.close()
         _release_held_reports()
+
+
+def _reason(e: Exception) -> str:
+    """Why a checkpoint could not be read, in a line a user can act on (no storage-library internals)."""
+    text = str(e).splitlines()[0] if str(e) else ""
+    text = text.split(" See full TensorStore details")[0].split(" [source locations=")[0]
+    if "pytree structure" in text or "different types at key path" in text:
+        text = "its saved state does not have the structure of this run's state (a file is missing)"
+    return f"{type(e).__name__}: {text}"
 
 
 def abstract_like(tree, sharding) -> Any:

@@ -112,6 +112,10 @@ CASES: list[Case] = [
          env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}, check=_nothing_written),
     Case("batch larger than the training set", _smoke("--config.train.batch_size=100000"),
          expect="larger than the 1008 training images", check=_nothing_written),
+    Case("a command typo (idfer trian)", _smoke(command="trian"), expect="Did you mean `idfer train`?",
+         exit_code=2),
+    Case("a bench-only flag on train (--steps=5)", _smoke("--steps=5"),
+         expect="--steps is not an option of `idfer train`", exit_code=2, check=_nothing_written),
     # --- bench flags ------------------------------------------------------------------------------
     Case("bench --devices=abc", _smoke("--devices=abc", command="bench"), expect="--devices takes"),
     Case("bench --devices=0", _smoke("--devices=0", command="bench"), expect="asks for 0 devices"),

@@ -186,7 +186,7 @@ def validate(config, *, recipes: bool = True) -> None:
     from idfer_jax import methods
     from idfer_jax.data import datasets, pipeline
     from idfer_jax.methods import adversaries
-    from idfer_jax.models import resnet
+    from idfer_jax.models import backbones, resnet
     from idfer_jax.train import optim
 
     if not isinstance(config, ml_collections.ConfigDict):
@@ -199,7 +199,8 @@ def validate(config, *, recipes: bool = True) -> None:
         _choice(config, "method", methods.METHODS, "recipe")
     _choice(config, "dtype", DTYPES)
     if "backbone" in config.model:
-        _choice(config, "model.backbone", resnet.PRESETS)
+        _choice(config, "model.backbone", backbones.BACKBONES)
+        _check_fine_tuning(config, backbones)
     if config.model.get("norm"):
         _choice(config, "model.norm", resnet.NORMS)
     if config.model.get("stem"):  # '' = the backbone preset's own stem
@@ -220,6 +221,7 @@ def validate(config, *, recipes: bool = True) -> None:
     for key in ("optimizer.b1", "optimizer.b2"):
         _number(config, key, minimum=0.0, below=1.0)
     _number(config, "optimizer.milestone_factor", minimum=0.0, strict=True)
+    _number(config, "optimizer.backbone_lr_multiplier", minimum=0.0)
     if "milestones" in config.optimizer:
         optim.check_milestones(config.optimizer.milestones)
     if config.get("adversary") is not None:
@@ -236,6 +238,36 @@ def validate(config, *, recipes: bool = True) -> None:
         _check_class_names(tuple(class_names))
     if recipes:
         methods.check_config(config)
+
+
+def _check_fine_tuning(config, backbones) -> None:
+    """config.model.pretrained / input_size / freeze_until against the backbone they apply to."""
+    m = config.model
+    name = m.backbone
+    pretrained = m.get("pretrained", "")
+    if not isinstance(pretrained, str):
+        raise ConfigError(f"config.model.pretrained={pretrained!r} must be a string: '' (the shipped "
+                          "weights), 'none' (random init) or the path of a converted checkpoint.")
+    if name not in backbones.PRETRAINED_BACKBONES:
+        if pretrained not in ("", "none"):
+            raise ConfigError(
+                f"config.model.pretrained={pretrained!r}: pretrained weights exist for "
+                f"{', '.join(backbones.PRETRAINED_BACKBONES)}, not for {name!r}. Set "
+                "--config.model.backbone=facenet (or mini_xception), or leave pretrained ''.")
+        if m.get("input_size", 0):
+            raise ConfigError(
+                f"config.model.input_size={m.input_size} applies to the pretrained backbones "
+                f"({', '.join(backbones.PRETRAINED_BACKBONES)}); a ResNet sees data.image_size. Remove it.")
+    _number(config, "model.input_size", minimum=0, integer=True)
+    if name == "facenet" and 0 < m.get("input_size", 0) < 75:
+        raise ConfigError(f"config.model.input_size={m.input_size}: FaceNet needs at least 75 px (0 = its "
+                          "own 160). Set --config.model.input_size=96 or more.")
+    stages = backbones.num_stages(name)
+    freeze = m.get("freeze_until", 0)
+    if not (isinstance(freeze, int) and not isinstance(freeze, bool) and -1 <= freeze <= stages):
+        raise ConfigError(f"config.model.freeze_until={freeze!r}: {name!r} has {stages} stages; use 0 "
+                          f"(train all), 1..{stages} (freeze stages 1..k) or -1 (freeze the whole backbone: "
+                          "a linear probe).")
 
 
 def _check_class_names(names: tuple) -> None:

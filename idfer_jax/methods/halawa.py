@@ -27,20 +27,19 @@ import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
 
-from idfer_jax import losses
+from idfer_jax import config_defaults, losses
 from idfer_jax.configuration import ConfigError
 from idfer_jax.data.pipeline import DataSpec
 from idfer_jax.methods import adversaries as adv
 from idfer_jax.methods import common
-from idfer_jax.models import ClassifierHead, ImageDecoder, ResNet, build_backbone
-from idfer_jax.models.resnet import resnet_config
+from idfer_jax.models import ClassifierHead, ImageDecoder, build_backbone, num_stages
 from idfer_jax.train.interface import Method
 
 
 class Halawa(nn.Module):
-    trunk: ResNet  # stages before branch_stage
-    expression_branch: ResNet  # stages from branch_stage, pooled: z_e
-    nuisance_branch: ResNet  # the same stages with their own weights, pooled: z_n
+    trunk: nn.Module  # stages before branch_stage
+    expression_branch: nn.Module  # stages from branch_stage, pooled: z_e
+    nuisance_branch: nn.Module  # the same stages with their own weights, pooled: z_n
     expression_head: nn.Module
     decoder: ImageDecoder | None  # None when the reconstruction weight is 0
 
@@ -60,10 +59,7 @@ class Halawa(nn.Module):
 
 def model_config(**overrides) -> ml_collections.ConfigDict:
     """The `config.model` block of Halawa et al."""
-    c = ml_collections.ConfigDict()
-    c.backbone = "resnet_small"
-    c.norm = "batch"
-    c.stem = "imagenet"  # as the baseline (see baseline.model_config)
+    c = config_defaults.backbone(ml_collections.ConfigDict())
     c.head_hidden = ml_collections.FieldReference(None, field_type=int)
     c.dropout = 0.0
     c.label_smoothing = 0.0
@@ -80,7 +76,7 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
 
 def check_config(config) -> None:
     """The branch stage against the backbone's stages (run when the config is loaded)."""
-    _branch_stage(config.model, len(resnet_config(config.model.backbone)["widths"]))
+    _branch_stage(config.model, num_stages(config.model.backbone))
 
 
 def _branch_stage(m, num_stages: int) -> int:
@@ -96,11 +92,11 @@ def _branch_stage(m, num_stages: int) -> int:
 def build_model(config, data_spec: DataSpec) -> Halawa:
     m = config.model
     dtype = jnp.dtype(config.dtype)
-    kwargs = {"norm": m.norm, "dtype": dtype, **({"stem": m.stem} if m.get("stem") else {})}
+    kwargs = common.backbone_options(config)
     trunk = build_backbone(m.backbone, in_channels=data_spec.image_shape[-1], **kwargs)
     stage = _branch_stage(m, len(trunk.widths))
 
-    def branch() -> ResNet:
+    def branch() -> nn.Module:
         return build_backbone(m.backbone, start_stage=stage, in_channels=None, **kwargs)
 
     decoder = None

@@ -30,8 +30,7 @@ from idfer_jax import losses
 from idfer_jax.configuration import ConfigError
 from idfer_jax.data.pipeline import DataSpec
 from idfer_jax.methods import baseline, common
-from idfer_jax.models import FUSION_OPS, ClassifierHead, ResNet, SpatialFusion, build_backbone
-from idfer_jax.models.resnet import resnet_config
+from idfer_jax.models import FUSION_OPS, ClassifierHead, SpatialFusion, build_backbone, num_stages
 from idfer_jax.train.interface import Method
 
 WEIGHTINGS = ("constant", "loss_ratio", "uncertainty")
@@ -39,9 +38,9 @@ LOSS_NAMES = ("expression", "identity")
 
 
 class IDEnNet(nn.Module):
-    expression_stream: ResNet  # stages 0 .. fusion_stage
-    expression_stream_top: ResNet | None  # stages after fusion_stage, on the fused map
-    identity_stream: ResNet  # every stage
+    expression_stream: nn.Module  # stages 0 .. fusion_stage
+    expression_stream_top: nn.Module | None  # stages after fusion_stage, on the fused map
+    identity_stream: nn.Module  # every stage
     fusion: SpatialFusion
     expression_head: nn.Module
     identity_head: nn.Module
@@ -77,7 +76,7 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
 def check_config(config) -> None:
     """The recipe's switches in `config.model` (run when the config is loaded)."""
     _check(config.model)
-    _fusion_stage(config.model, len(resnet_config(config.model.backbone)["widths"]))
+    _fusion_stage(config.model, num_stages(config.model.backbone))
 
 
 def _fusion_stage(m, num_stages: int) -> int:
@@ -104,7 +103,7 @@ def build_model(config, data_spec: DataSpec) -> IDEnNet:
     m = config.model
     _check(m)
     dtype = jnp.dtype(config.dtype)
-    kwargs = dict(norm=m.norm, dtype=dtype, **({"stem": m.stem} if m.get("stem") else {}))
+    kwargs = common.backbone_options(config)
     identity_stream = build_backbone(m.backbone, in_channels=data_spec.image_shape[-1], **kwargs)
     num_stages = len(identity_stream.widths)
     stage = _fusion_stage(m, num_stages)

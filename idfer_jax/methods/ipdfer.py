@@ -34,12 +34,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from idfer_jax import losses
+from idfer_jax import config_defaults, losses
 from idfer_jax.configuration import ConfigError
 from idfer_jax.data.pipeline import DataSpec
 from idfer_jax.methods import common
 from idfer_jax.methods import generative as gen
-from idfer_jax.models import ClassifierHead, ImageDecoder, PatchDiscriminator, ResNet, build_backbone
+from idfer_jax.models import ClassifierHead, ImageDecoder, PatchDiscriminator, build_backbone
 from idfer_jax.train.interface import Method, Player
 from idfer_jax.train.optim import make_optimizer
 from idfer_jax.train.writers import announce
@@ -48,8 +48,8 @@ LOSS_WEIGHTS = ("expression", "pose", "reconstruction", "identity", "neutral", "
 
 
 class IPDFER(nn.Module):
-    expression_encoder: ResNet
-    pose_encoder: ResNet
+    expression_encoder: nn.Module
+    pose_encoder: nn.Module
     expression_head: nn.Module
     pose_head: nn.Module | None  # None without pose labels
     difference_head: nn.Module
@@ -96,10 +96,7 @@ class IPDFER(nn.Module):
 
 def model_config(**overrides) -> ml_collections.ConfigDict:
     """The `config.model` block of IPD-FER."""
-    c = ml_collections.ConfigDict()
-    c.backbone = "resnet_small"  # both encoders
-    c.norm = "batch"
-    c.stem = "imagenet"
+    c = config_defaults.backbone(ml_collections.ConfigDict())  # both encoders
     c.dropout = 0.0
     c.code_dim = 256
     c.combine = "sum"  # sum | concat
@@ -115,8 +112,6 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
 
 
 def optimizer_config(**overrides) -> ml_collections.ConfigDict:
-    from idfer_jax import config_defaults
-
     return config_defaults.optimizer(**{
         "name": "adam", "learning_rate": 1e-4, "b1": 0.5, "b2": 0.999, "weight_decay": 0.0,
         "schedule": "constant", "warmup_steps": 0, "grad_clip": 0.0, **overrides})
@@ -125,8 +120,7 @@ def optimizer_config(**overrides) -> ml_collections.ConfigDict:
 def build_model(config, data_spec: DataSpec) -> IPDFER:
     m = config.model
     dtype = jnp.dtype(config.dtype)
-    kwargs = {"norm": m.norm, "dtype": dtype, **({"stem": m.stem} if m.get("stem") else {}),
-              "in_channels": data_spec.image_shape[-1]}
+    kwargs = {**common.backbone_options(config), "in_channels": data_spec.image_shape[-1]}
     has_yaw = "yaw" in data_spec.pose_keys and float(m.loss_weights.pose) > 0
     edges = tuple(config.adversary.pose_bin_edges)
     return IPDFER(
@@ -249,7 +243,8 @@ def build(config, data_spec: DataSpec) -> Method:
     def embed(variables, images):
         return gen.embed_identity(identity_net, variables, images)
 
-    optimizer = make_optimizer(config.optimizer, config.train.num_steps)
+    optimizer = make_optimizer(config.optimizer, config.train.num_steps,
+                               freeze_until=config.model.freeze_until)
     sample = {"image": jnp.zeros((2, *data_spec.image_shape), jnp.float32)}
     groups = jax.eval_shape(init, jax.random.PRNGKey(0), sample)["params"]
     players = (

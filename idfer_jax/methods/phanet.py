@@ -39,12 +39,11 @@ from idfer_jax.data.pipeline import DataSpec
 from idfer_jax.methods import baseline, common
 from idfer_jax.models import (
     ClassifierHead,
-    ResNet,
     ScaleAttention,
     SpatialAttentionPool,
     build_backbone,
+    num_stages,
 )
-from idfer_jax.models.resnet import resnet_config
 from idfer_jax.train.interface import Method
 from idfer_jax.train.writers import announce
 
@@ -54,7 +53,7 @@ YAW_SCALE = 60.0  # degrees: regression targets yaw / 60, about [-1, 1] for the 
 
 
 class PhaNet(nn.Module):
-    backbone: ResNet
+    backbone: nn.Module
     scale_pools: tuple[SpatialAttentionPool, ...]
     scale_heads: tuple[nn.Module, ...]
     scale_attention: ScaleAttention
@@ -101,7 +100,7 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
 def check_config(config) -> None:
     """The recipe's switches in `config.model` (run when the config is loaded)."""
     _check(config.model)
-    _attention_stages(config.model, len(resnet_config(config.model.backbone)["widths"]))
+    _attention_stages(config.model, num_stages(config.model.backbone))
 
 
 def _attention_stages(m, num_stages: int) -> None:
@@ -136,10 +135,8 @@ def build_model(config, data_spec: DataSpec) -> PhaNet:
     m = config.model
     _check(m)
     dtype = jnp.dtype(config.dtype)
-    kwargs = {"stem": m.stem} if m.get("stem") else {}
-    backbone = build_backbone(
-        m.backbone, norm=m.norm, dtype=dtype, in_channels=data_spec.image_shape[-1], **kwargs
-    )
+    backbone = build_backbone(m.backbone, in_channels=data_spec.image_shape[-1],
+                              **common.backbone_options(config))
     num_stages = len(backbone.widths)
     _attention_stages(m, num_stages)
     num_scales = int(m.attention_stages)

@@ -1,6 +1,7 @@
 """Flax linen modules: backbones, heads, fusion, attention, decoders. Knows nothing of losses or training."""
 
 from idfer_jax.models.attention import ScaleAttention, SpatialAttentionPool
+from idfer_jax.models.backbones import BACKBONES, PRETRAINED_BACKBONES, build_backbone, num_stages
 from idfer_jax.models.convflu import ConvFLU
 from idfer_jax.models.decoder import ImageDecoder
 from idfer_jax.models.discriminator import PatchDiscriminator
@@ -15,11 +16,13 @@ from idfer_jax.models.resnet import (
     BasicBlock,
     BottleneckBlock,
     ResNet,
-    build_backbone,
     resnet_config,
 )
 
 __all__ = [
+    "BACKBONES",
+    "PRETRAINED_BACKBONES",
+    "num_stages",
     "BLOCKS",
     "FUSION_OPS",
     "NORMS",

@@ -27,11 +27,14 @@ conversion copies arrays without transposing. Everything is NHWC float32.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from idfer_jax.models.weights import WeightSource, child, initializer
 
 __all__ = [
     "BLOCK8_SCALE",
@@ -41,6 +44,8 @@ __all__ = [
     "FACENET_EMBEDDING_DIM",
     "FACENET_INPUT_SIZE",
     "FACENET_MIN_INPUT_SIZE",
+    "FACENET_STAGE_WIDTHS",
+    "FaceNetStage",
     "IDENTITY_KINDS",
     "L2_EPSILON",
     "FaceNetIdentity",
@@ -63,6 +68,8 @@ FACENET_EMBEDDING_DIM = 512
 FACENET_INPUT_SIZE = 160
 # The smallest square input for which every VALID stride-2 stage still leaves at least one pixel.
 FACENET_MIN_INPUT_SIZE = 75
+# Output channels of the three stages of FaceNetStage (the pooled features are the last: 1792).
+FACENET_STAGE_WIDTHS = (256, 896, 1792)
 
 IDENTITY_KINDS = ("facenet", "tiny")
 
@@ -122,7 +129,10 @@ def _conv(
     strides: int = 1,
     padding: str = "SAME",
     precision: Any = None,
+    source: WeightSource | None = None,
+    dtype: Any = jnp.float32,
 ) -> nn.Conv:
+    source = child(source, name)
     return nn.Conv(
         features,
         kernel,
@@ -130,6 +140,9 @@ def _conv(
         padding=padding,
         use_bias=True,
         precision=precision,
+        dtype=dtype,
+        kernel_init=initializer(source, "kernel", nn.initializers.lecun_normal()),
+        bias_init=initializer(source, "bias", nn.initializers.zeros_init()),
         name=name,
     )
 
@@ -143,17 +156,20 @@ class Block35(nn.Module):
 
     scale: float = BLOCK35_SCALE
     precision: Any = None
+    source: WeightSource | None = None
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         p = self.precision
-        b0 = nn.relu(_conv(32, (1, 1), "Branch_0_Conv2d_1x1", precision=p)(x))
-        b1 = nn.relu(_conv(32, (1, 1), "Branch_1_Conv2d_0a_1x1", precision=p)(x))
-        b1 = nn.relu(_conv(32, (3, 3), "Branch_1_Conv2d_0b_3x3", precision=p)(b1))
-        b2 = nn.relu(_conv(32, (1, 1), "Branch_2_Conv2d_0a_1x1", precision=p)(x))
-        b2 = nn.relu(_conv(32, (3, 3), "Branch_2_Conv2d_0b_3x3", precision=p)(b2))
-        b2 = nn.relu(_conv(32, (3, 3), "Branch_2_Conv2d_0c_3x3", precision=p)(b2))
-        up = _conv(x.shape[-1], (1, 1), "Conv2d_1x1", precision=p)(jnp.concatenate([b0, b1, b2], -1))
+        conv = functools.partial(_conv, precision=p, source=self.source, dtype=self.dtype)
+        b0 = nn.relu(conv(32, (1, 1), "Branch_0_Conv2d_1x1")(x))
+        b1 = nn.relu(conv(32, (1, 1), "Branch_1_Conv2d_0a_1x1")(x))
+        b1 = nn.relu(conv(32, (3, 3), "Branch_1_Conv2d_0b_3x3")(b1))
+        b2 = nn.relu(conv(32, (1, 1), "Branch_2_Conv2d_0a_1x1")(x))
+        b2 = nn.relu(conv(32, (3, 3), "Branch_2_Conv2d_0b_3x3")(b2))
+        b2 = nn.relu(conv(32, (3, 3), "Branch_2_Conv2d_0c_3x3")(b2))
+        up = conv(x.shape[-1], (1, 1), "Conv2d_1x1")(jnp.concatenate([b0, b1, b2], -1))
         return nn.relu(x + self.scale * up)
 
 
@@ -162,15 +178,18 @@ class Block17(nn.Module):
 
     scale: float = BLOCK17_SCALE
     precision: Any = None
+    source: WeightSource | None = None
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         p = self.precision
-        b0 = nn.relu(_conv(128, (1, 1), "Branch_0_Conv2d_1x1", precision=p)(x))
-        b1 = nn.relu(_conv(128, (1, 1), "Branch_1_Conv2d_0a_1x1", precision=p)(x))
-        b1 = nn.relu(_conv(128, (1, 7), "Branch_1_Conv2d_0b_1x7", precision=p)(b1))
-        b1 = nn.relu(_conv(128, (7, 1), "Branch_1_Conv2d_0c_7x1", precision=p)(b1))
-        up = _conv(x.shape[-1], (1, 1), "Conv2d_1x1", precision=p)(jnp.concatenate([b0, b1], -1))
+        conv = functools.partial(_conv, precision=p, source=self.source, dtype=self.dtype)
+        b0 = nn.relu(conv(128, (1, 1), "Branch_0_Conv2d_1x1")(x))
+        b1 = nn.relu(conv(128, (1, 1), "Branch_1_Conv2d_0a_1x1")(x))
+        b1 = nn.relu(conv(128, (1, 7), "Branch_1_Conv2d_0b_1x7")(b1))
+        b1 = nn.relu(conv(128, (7, 1), "Branch_1_Conv2d_0c_7x1")(b1))
+        up = conv(x.shape[-1], (1, 1), "Conv2d_1x1")(jnp.concatenate([b0, b1], -1))
         return nn.relu(x + self.scale * up)
 
 
@@ -180,15 +199,18 @@ class Block8(nn.Module):
     scale: float = BLOCK8_SCALE
     activate: bool = True
     precision: Any = None
+    source: WeightSource | None = None
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         p = self.precision
-        b0 = nn.relu(_conv(192, (1, 1), "Branch_0_Conv2d_1x1", precision=p)(x))
-        b1 = nn.relu(_conv(192, (1, 1), "Branch_1_Conv2d_0a_1x1", precision=p)(x))
-        b1 = nn.relu(_conv(192, (1, 3), "Branch_1_Conv2d_0b_1x3", precision=p)(b1))
-        b1 = nn.relu(_conv(192, (3, 1), "Branch_1_Conv2d_0c_3x1", precision=p)(b1))
-        up = _conv(x.shape[-1], (1, 1), "Conv2d_1x1", precision=p)(jnp.concatenate([b0, b1], -1))
+        conv = functools.partial(_conv, precision=p, source=self.source, dtype=self.dtype)
+        b0 = nn.relu(conv(192, (1, 1), "Branch_0_Conv2d_1x1")(x))
+        b1 = nn.relu(conv(192, (1, 1), "Branch_1_Conv2d_0a_1x1")(x))
+        b1 = nn.relu(conv(192, (1, 3), "Branch_1_Conv2d_0b_1x3")(b1))
+        b1 = nn.relu(conv(192, (3, 1), "Branch_1_Conv2d_0c_3x1")(b1))
+        up = conv(x.shape[-1], (1, 1), "Conv2d_1x1")(jnp.concatenate([b0, b1], -1))
         x = x + self.scale * up
         return nn.relu(x) if self.activate else x
 
@@ -197,14 +219,17 @@ class ReductionA(nn.Module):
     """``Mixed_6a``: 35x35x256 -> 17x17x896 (k=192, l=192, m=256, n=384 in the paper's notation)."""
 
     precision: Any = None
+    source: WeightSource | None = None
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         p = self.precision
-        b0 = nn.relu(_conv(384, (3, 3), "Branch_0_Conv2d_1a_3x3", 2, "VALID", p)(x))
-        b1 = nn.relu(_conv(192, (1, 1), "Branch_1_Conv2d_0a_1x1", precision=p)(x))
-        b1 = nn.relu(_conv(192, (3, 3), "Branch_1_Conv2d_0b_3x3", precision=p)(b1))
-        b1 = nn.relu(_conv(256, (3, 3), "Branch_1_Conv2d_1a_3x3", 2, "VALID", p)(b1))
+        conv = functools.partial(_conv, precision=p, source=self.source, dtype=self.dtype)
+        b0 = nn.relu(conv(384, (3, 3), "Branch_0_Conv2d_1a_3x3", 2, "VALID")(x))
+        b1 = nn.relu(conv(192, (1, 1), "Branch_1_Conv2d_0a_1x1")(x))
+        b1 = nn.relu(conv(192, (3, 3), "Branch_1_Conv2d_0b_3x3")(b1))
+        b1 = nn.relu(conv(256, (3, 3), "Branch_1_Conv2d_1a_3x3", 2, "VALID")(b1))
         return jnp.concatenate([b0, b1, _max_pool(x)], -1)
 
 
@@ -212,17 +237,20 @@ class ReductionB(nn.Module):
     """``Mixed_7a``: 17x17x896 -> 8x8x1792."""
 
     precision: Any = None
+    source: WeightSource | None = None
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         p = self.precision
-        b0 = nn.relu(_conv(256, (1, 1), "Branch_0_Conv2d_0a_1x1", precision=p)(x))
-        b0 = nn.relu(_conv(384, (3, 3), "Branch_0_Conv2d_1a_3x3", 2, "VALID", p)(b0))
-        b1 = nn.relu(_conv(256, (1, 1), "Branch_1_Conv2d_0a_1x1", precision=p)(x))
-        b1 = nn.relu(_conv(256, (3, 3), "Branch_1_Conv2d_1a_3x3", 2, "VALID", p)(b1))
-        b2 = nn.relu(_conv(256, (1, 1), "Branch_2_Conv2d_0a_1x1", precision=p)(x))
-        b2 = nn.relu(_conv(256, (3, 3), "Branch_2_Conv2d_0b_3x3", precision=p)(b2))
-        b2 = nn.relu(_conv(256, (3, 3), "Branch_2_Conv2d_1a_3x3", 2, "VALID", p)(b2))
+        conv = functools.partial(_conv, precision=p, source=self.source, dtype=self.dtype)
+        b0 = nn.relu(conv(256, (1, 1), "Branch_0_Conv2d_0a_1x1")(x))
+        b0 = nn.relu(conv(384, (3, 3), "Branch_0_Conv2d_1a_3x3", 2, "VALID")(b0))
+        b1 = nn.relu(conv(256, (1, 1), "Branch_1_Conv2d_0a_1x1")(x))
+        b1 = nn.relu(conv(256, (3, 3), "Branch_1_Conv2d_1a_3x3", 2, "VALID")(b1))
+        b2 = nn.relu(conv(256, (1, 1), "Branch_2_Conv2d_0a_1x1")(x))
+        b2 = nn.relu(conv(256, (3, 3), "Branch_2_Conv2d_0b_3x3")(b2))
+        b2 = nn.relu(conv(256, (3, 3), "Branch_2_Conv2d_1a_3x3", 2, "VALID")(b2))
         return jnp.concatenate([b0, b1, b2, _max_pool(x)], -1)
 
 
@@ -258,6 +286,43 @@ class Bottleneck(nn.Module):
         return FrozenBatchNorm(name="BatchNorm")(jnp.dot(x, kernel, precision=self.precision))
 
 
+def _stage(index: int, x: jnp.ndarray, precision: Any, source: WeightSource | None, dtype: Any):
+    """The layers of stage ``index`` (1..3), created in the calling module's scope under the graph's names.
+
+    Stage 1 = the stem and the five 35x35 blocks (256 ch), 2 = ``Mixed_6a`` and the ten 17x17 blocks
+    (896 ch), 3 = ``Mixed_7a``, the five 8x8 blocks and the final ``Block8`` (1792 ch). [choice] The cut
+    points are the network's own reductions, so each stage is one resolution.
+    """
+    p = precision
+
+    def block(cls, name, **kwargs):
+        return cls(precision=p, source=child(source, name), dtype=dtype, name=name, **kwargs)
+
+    if index == 1:
+        conv = functools.partial(_conv, precision=p, source=source, dtype=dtype)
+        x = nn.relu(conv(32, (3, 3), "Conv2d_1a_3x3", 2, "VALID")(x))
+        x = nn.relu(conv(32, (3, 3), "Conv2d_2a_3x3", 1, "VALID")(x))
+        x = nn.relu(conv(64, (3, 3), "Conv2d_2b_3x3", 1, "SAME")(x))
+        x = _max_pool(x)
+        x = nn.relu(conv(80, (1, 1), "Conv2d_3b_1x1", 1, "VALID")(x))
+        x = nn.relu(conv(192, (3, 3), "Conv2d_4a_3x3", 1, "VALID")(x))
+        x = nn.relu(conv(256, (3, 3), "Conv2d_4b_3x3", 2, "VALID")(x))
+        for i in range(1, 6):
+            x = block(Block35, f"block35_{i}")(x)
+    elif index == 2:
+        x = block(ReductionA, "Mixed_6a")(x)
+        for i in range(1, 11):
+            x = block(Block17, f"block17_{i}")(x)
+    elif index == 3:
+        x = block(ReductionB, "Mixed_7a")(x)
+        for i in range(1, 6):
+            x = block(Block8, f"block8_{i}")(x)
+        x = block(Block8, "Block8", scale=1.0, activate=False)(x)
+    else:
+        raise ValueError(f"InceptionResnetV1 has stages 1..{len(FACENET_STAGE_WIDTHS)}, got {index}")
+    return x
+
+
 class InceptionResnetV1(nn.Module):
     """The ``InceptionResnetV1`` scope of graph_final.pb: prewhitened NHWC RGB -> (N, 512) unit vectors.
 
@@ -272,31 +337,32 @@ class InceptionResnetV1(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        p = self.precision
         x = jnp.asarray(x, jnp.float32)
         if min(x.shape[1:3]) < FACENET_MIN_INPUT_SIZE:
             raise ValueError(
                 f"InceptionResnetV1 needs inputs of at least {FACENET_MIN_INPUT_SIZE}px, got {x.shape[1:3]}"
             )
-        x = nn.relu(_conv(32, (3, 3), "Conv2d_1a_3x3", 2, "VALID", p)(x))
-        x = nn.relu(_conv(32, (3, 3), "Conv2d_2a_3x3", 1, "VALID", p)(x))
-        x = nn.relu(_conv(64, (3, 3), "Conv2d_2b_3x3", 1, "SAME", p)(x))
-        x = _max_pool(x)
-        x = nn.relu(_conv(80, (1, 1), "Conv2d_3b_1x1", 1, "VALID", p)(x))
-        x = nn.relu(_conv(192, (3, 3), "Conv2d_4a_3x3", 1, "VALID", p)(x))
-        x = nn.relu(_conv(256, (3, 3), "Conv2d_4b_3x3", 2, "VALID", p)(x))
-        for i in range(1, 6):
-            x = Block35(precision=p, name=f"block35_{i}")(x)
-        x = ReductionA(precision=p, name="Mixed_6a")(x)
-        for i in range(1, 11):
-            x = Block17(precision=p, name=f"block17_{i}")(x)
-        x = ReductionB(precision=p, name="Mixed_7a")(x)
-        for i in range(1, 6):
-            x = Block8(precision=p, name=f"block8_{i}")(x)
-        x = Block8(scale=1.0, activate=False, precision=p, name="Block8")(x)
+        for index in range(1, len(FACENET_STAGE_WIDTHS) + 1):
+            x = _stage(index, x, self.precision, None, jnp.float32)
         x = jnp.mean(x, axis=(1, 2))  # Logits/AvgPool_1a_8x8 (3x3 VALID on the 3x3 map) + Flatten
-        x = Bottleneck(precision=p, name="Bottleneck")(x)
+        x = Bottleneck(precision=self.precision, name="Bottleneck")(x)
         return l2_normalize(x)
+
+
+class FaceNetStage(nn.Module):
+    """Stage ``index`` of :class:`InceptionResnetV1` as a module of its own (see :func:`_stage`).
+
+    Its parameters are the converted tree's entries for that stage, so ``source`` is the tree's root.
+    """
+
+    index: int
+    source: WeightSource | None = None
+    dtype: Any = jnp.float32
+    precision: Any = None
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        return _stage(self.index, x, self.precision, self.source, self.dtype)
 
 
 class FaceNetIdentity(nn.Module):

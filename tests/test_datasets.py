@@ -38,6 +38,14 @@ def folder_config(tmp_path, root, **overrides):
     return config_defaults.data(**values)
 
 
+def test_class_names_select_a_subset_of_an_image_folders_classes(tmp_path, capsys):
+    root = write_folder(tmp_path / "raw")
+    ds = datasets.open_dataset(folder_config(tmp_path, root, class_names=("happiness", "anger")))
+    assert ds.spec.class_names == ("happiness", "anger")
+    assert np.bincount(ds.labels["expression"]).tolist() == [8, 8]
+    assert "label not in class_names: 'Sad'" in capsys.readouterr().out
+
+
 def test_image_folder_labels_from_the_path_regex(tmp_path):
     root = write_folder(tmp_path / "raw")
     ds = datasets.open_dataset(folder_config(tmp_path, root))
@@ -59,8 +67,8 @@ def test_image_folder_rejects_bad_patterns_and_unknown_classes(tmp_path):
         datasets.open_dataset(folder_config(tmp_path, root, pattern=r"(?P<subject>S\d+)/.*\.png"))
     with pytest.raises(DataError, match="unknown named groups"):
         datasets.open_dataset(folder_config(tmp_path, root, pattern=r"(?P<who>S\d+)/(?P<expression>\w+)"))
-    with pytest.raises(DataError, match="'Sad' is none of the declared classes"):
-        datasets.open_dataset(folder_config(tmp_path, root, class_names=("anger", "happiness")))
+    with pytest.raises(DataError, match="its labels are .*'Sad' \\(8\\)"):
+        datasets.open_dataset(folder_config(tmp_path, root, class_names=("fear", "surprise")))
     with pytest.raises(DataError, match="is labelled by the pattern"):
         datasets.open_dataset(folder_config(tmp_path, root, pattern=r"(?P<expression>x)/nothing"))
     with pytest.raises(DataError, match="manual_dir"):
@@ -159,6 +167,26 @@ def test_cross_dataset_trains_on_one_and_tests_on_another(tmp_path):
     assert len(ds.test_indices) == 3 * 2 * 2
     # b's subjects are renumbered past a's, so "S01" of b is not a training subject.
     assert not set(ds.labels["subject"][ds.train_indices]) & set(ds.labels["subject"][ds.test_indices])
+
+
+def test_cross_dataset_test_folder_with_its_own_manifest_and_letter_codes(tmp_path):
+    """The test set is a user's folder labelled by a CSV in letter codes that only its class_map names;
+    its extra class (NE) is left out by the run's class_names."""
+    a = write_folder(tmp_path / "a", subjects=("S01", "S02"))
+    b = tmp_path / "b"
+    b.mkdir()
+    rows = ["path,expression,subject"]
+    for i, code in enumerate(["HA", "AN", "SA", "NE"] * 3):
+        Image.fromarray(np.full((40, 30, 3), 40 * i % 255, np.uint8)).save(b / f"img{i}.png")
+        rows.append(f"img{i}.png,{code},P{i % 3}")
+    (b / "labels.csv").write_text("\n".join(rows) + "\n")
+    config = folder_config(tmp_path, a, class_names=("anger", "happiness", "sadness"))
+    config.test.update(name="image_folder", manual_dir=str(b), manifest="labels.csv",
+                       class_map="HA:happiness,AN:anger,SA:sadness")
+    ds = datasets.open_dataset(config)
+    test_labels = ds.labels["expression"][ds.test_indices]
+    assert len(ds.train_indices) == 2 * 3 * 2 and len(test_labels) == 9
+    assert np.bincount(test_labels).tolist() == [3, 3, 3]
 
 
 def test_missing_manual_download_names_the_archive_and_folder(tmp_path):

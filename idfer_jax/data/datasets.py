@@ -326,7 +326,9 @@ def _test_config(data_config):
     """The data config of a cross-dataset test set, or None.
 
     `test.name` names the dataset and `test.manual_dir` its raw download; `test.config` defaults to the
-    training set's (the same `<size>px` config gives the same image size); everything else is shared.
+    training set's (the same `<size>px` config gives the same image size). An image_folder test set reads
+    `test.pattern` or `test.manifest` (either replaces both of the training set's) and `test.class_map`
+    (replaces the training set's when set); everything else is shared.
     """
     test = data_config.get("test")
     if not test or not test.get("name"):
@@ -336,6 +338,11 @@ def _test_config(data_config):
         merged.name = test.name
         merged.manual_dir = test.get("manual_dir") or ""
         merged.config = test.get("config") or data_config.config
+        if test.get("pattern") or test.get("manifest"):
+            merged.pattern = test.get("pattern") or ""
+            merged.manifest = test.get("manifest") or ""
+        if test.get("class_map"):
+            merged.class_map = test.class_map
         merged.test = None
         merged.is_test_set = True  # a test set may lack some of the run's classes
     return merged

@@ -558,6 +558,7 @@ BROKEN_LINK = "broken link"
 LINK_LOOP = "folder link loops back (followed once)"
 UNREADABLE_FOLDER = "folder cannot be read"
 CLASS_DROPPED = "class dropped by class_map"
+NOT_SELECTED = "label not in class_names:"
 
 
 def walk_files(folder, skipped: Callable[[str, str], None] | None = None,

@@ -38,6 +38,7 @@ changing the pattern, the classes or the images prepares a fresh copy instead of
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import os
@@ -221,7 +222,8 @@ class ImageFolder(fb.FaceBuilder):
         return ("train", "test") if self.builder_config.has_splits else ("train",)
 
     def _class_of(self, value: str, where: str) -> str | None:
-        """The declared class of a label value (after class_map); None if class_map drops it."""
+        """The declared class of a label value (after class_map); None if class_map drops it or
+        class_names does not select it."""
         names = self.CLASS_NAMES
         mapped = value
         mapping = {fb.label_key(src): dst for src, dst in self.builder_config.class_map}
@@ -238,14 +240,10 @@ class ImageFolder(fb.FaceBuilder):
             canonical = None
         if canonical in names:
             return canonical
-        via = f" (class_map turns it into {mapped!r})" if mapped != value else ""
-        hint = ("Add it to --config.data.class_names, map it onto one with --config.data.class_map="
-                f"'{fb.clean_text(value)}:<class>', or move the file out of the folder.")
-        if self.builder_config.class_map and not via:
-            hint += " class_names names the classes after class_map."
-        raise DataError(
-            f"{where}: expression {value!r}{via} is none of the declared classes {', '.join(names)}. {hint}"
-        )
+        # class_names selects a subset, as on the benchmark builders: the caller skips the image and the
+        # preparation summary names the label, so a typo in a label or in class_names is seen.
+        del where
+        return None
 
     def _skip(self, reason: str, path: str) -> None:
         report = getattr(self, "preparation", None)
@@ -281,8 +279,12 @@ class ImageFolder(fb.FaceBuilder):
                 continue
             yield relative, {k: v for k, v in match.groupdict().items() if v is not None}
 
+    def _dropped_by_map(self) -> set[str]:
+        return {fb.label_key(src) for src, dst in self.builder_config.class_map if not fb.clean_text(dst)}
+
     def list_examples(self, root: epath.Path, split: str):
         count = 0
+        unselected: collections.Counter = collections.Counter()
         for relative, fields in self._labelled(root):
             if self.builder_config.has_splits:
                 value = fb.label_key(fields.get("split", "train"))
@@ -301,7 +303,12 @@ class ImageFolder(fb.FaceBuilder):
                 raise DataError(f"{relative}: pose {self.POSE_KEYS} missing or not a number ({e}).") from e
             expression = self._class_of(fields["expression"], relative)
             if expression is None:
-                self._skip(fb.CLASS_DROPPED, os.fspath(path))
+                if fb.label_key(fields["expression"]) in self._dropped_by_map():
+                    self._skip(fb.CLASS_DROPPED, os.fspath(path))
+                else:
+                    label = fb.clean_text(fields["expression"])
+                    unselected[label] += 1
+                    self._skip(f"{fb.NOT_SELECTED} {label!r}", os.fspath(path))
                 continue
             count += 1
             subject, sequence = fields.get("subject"), fields.get("sequence")
@@ -309,6 +316,14 @@ class ImageFolder(fb.FaceBuilder):
                 key=relative, expression=expression,
                 subject=fb.clean_text(subject) if subject else None,
                 sequence=fb.clean_text(sequence) if sequence else None, pose=pose, path=path,
+            )
+        if not count and unselected:
+            labels = ", ".join(f"{k!r} ({n})" for k, n in unselected.most_common(12))
+            raise DataError(
+                f"No image under {root} has one of the classes {', '.join(self.CLASS_NAMES)} (split "
+                f"{split!r}); its labels are {labels}. Name them in --config.data.class_names, or map them "
+                "onto class names with --config.data.class_map='label:class,...' (test set: "
+                "--config.data.test.class_map)."
             )
         if not count:
             what = f"pattern {self.builder_config.pattern!r}" if self.builder_config.pattern else "manifest"

@@ -96,7 +96,7 @@ class PretrainedBackbone(nn.Module):
         root = weights.WeightSource(self.kind, self.weights) if self.weights else None
         stage_maps = []
         for i in range(self.start_stage, end):
-            cls = weights.frozen(stage_cls) if i < self.frozen_stages else stage_cls
+            cls = weights.frozen(stage_cls, self.is_initializing()) if i < self.frozen_stages else stage_cls
             name = f"stage{i + 1}"
             source = weights.child(root, name) if nested else root
             x = cls(index=i + 1, source=source, dtype=self.dtype, name=name)(x.astype(self.dtype))

@@ -26,6 +26,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from idfer_jax.models import cpu_kernels
 from idfer_jax.models.weights import WeightSource, child, initializer
 
 __all__ = [
@@ -61,18 +62,22 @@ def to_mini_xception_input(images: jnp.ndarray, input_size: int = MINI_XCEPTION_
     return x
 
 
-def _conv(features, kernel, name, source, dtype, strides=1, padding="SAME", groups=1, bias=True):
+def _conv(features, kernel, name, source, dtype, strides=1, padding="SAME"):
     source = child(source, name)
     return nn.Conv(
-        features, kernel, strides=(strides, strides), padding=padding, feature_group_count=groups,
-        use_bias=bias, dtype=dtype, name=name,
+        features, kernel, strides=(strides, strides), padding=padding,
+        use_bias=True, dtype=dtype, name=name, conv_general_dilated=cpu_kernels.conv_general_dilated,
         kernel_init=initializer(source, "kernel", nn.initializers.kaiming_normal()),
         bias_init=initializer(source, "bias", nn.initializers.zeros_init()),
     )
 
 
 class SeparableConv(nn.Module):
-    """Keras ``SeparableConv2D`` (3x3 depthwise, no bias) + 1x1 pointwise with the folded norm's bias."""
+    """Keras ``SeparableConv2D`` (3x3 depthwise, no bias) + 1x1 pointwise with the folded norm's bias.
+
+    The depthwise kernel is ``depthwise_kernel`` in Flax's grouped layout (3, 3, 1, C), as ``nn.Conv``
+    with ``feature_group_count=C`` would hold it; it is applied by ``cpu_kernels.depthwise_conv``.
+    """
 
     features: int
     source: WeightSource | None = None
@@ -81,7 +86,10 @@ class SeparableConv(nn.Module):
     @nn.compact
     def __call__(self, x):
         channels = x.shape[-1]
-        x = _conv(channels, (3, 3), "depthwise", self.source, self.dtype, groups=channels, bias=False)(x)
+        kernel = self.param("depthwise_kernel",
+                            initializer(self.source, "depthwise_kernel", nn.initializers.lecun_normal()),
+                            (3, 3, 1, channels))
+        x = cpu_kernels.depthwise_conv(x, kernel.astype(self.dtype))
         return _conv(self.features, (1, 1), "pointwise", self.source, self.dtype)(x)
 
 
@@ -98,7 +106,7 @@ class XceptionModule(nn.Module):
         y = nn.relu(SeparableConv(self.features, child(self.source, "separable1"), self.dtype,
                                   name="separable1")(x))
         y = SeparableConv(self.features, child(self.source, "separable2"), self.dtype, name="separable2")(y)
-        y = nn.max_pool(y, (3, 3), strides=(2, 2), padding="SAME")
+        y = cpu_kernels.max_pool(y, (3, 3), (2, 2), cpu_kernels.same_pads(y.shape[1:3], (3, 3), (2, 2)))
         return y + residual
 
 

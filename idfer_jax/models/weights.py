@@ -63,13 +63,14 @@ def initializer(source: WeightSource | None, leaf: str, default: Initializer) ->
     return init
 
 
-def frozen(module_cls: type[nn.Module]) -> type[nn.Module]:
+def frozen(module_cls: type[nn.Module], initializing: bool) -> type[nn.Module]:
     """``module_cls`` whose parameters are read through ``stop_gradient``: it still passes gradients to
     its input (a generator upstream still learns), but its own parameters get none, so XLA drops their
     weight-gradient convolutions. The optimizer keeps them bit-identical (``train.optim`` masks them:
-    weight decay would move them otherwise).
+    weight decay would move them otherwise). ``initializing``: the calling module's
+    ``self.is_initializing()`` (the parameters are created, then read through the stop).
     """
     return nn.map_variables(
         module_cls, "params", trans_in_fn=lambda tree: jax.tree_util.tree_map(jax.lax.stop_gradient, tree),
-        init=True,
+        init=initializing,
     )

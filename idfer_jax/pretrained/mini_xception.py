@@ -117,7 +117,7 @@ def hdf5_params(hdf5_path: str | None = None) -> dict[str, Any]:
             conv = _weights(weights[conv_name])
             if "depthwise_kernel" in conv:  # (3, 3, C, 1) -> Flax's grouped kernel (3, 3, 1, C)
                 depthwise = conv["depthwise_kernel"]
-                flat[(*path, "depthwise", "kernel")] = depthwise.transpose(0, 1, 3, 2)
+                flat[(*path, "depthwise_kernel")] = depthwise.transpose(0, 1, 3, 2)
                 kernel, target = conv["pointwise_kernel"], (*path, "pointwise")
             else:
                 kernel, target = conv["kernel"], path

@@ -155,8 +155,13 @@ def bench(config_spec: str, config, workdir: str, *, recipes: str = "own", devic
                 if cfg.method == "baseline":
                     baseline_spec = (recipe_config, trainer.dataset.spec)
     if with_torch:
+        from idfer_jax.models.resnet import PRESETS
+
         if baseline_spec is None:
             announce("PyTorch reference skipped: it trains the baseline, which is not among --recipes.")
+        elif baseline_spec[0].model.backbone not in PRESETS:
+            announce(f"PyTorch reference skipped: it is a ResNet, and the baseline's backbone is "
+                     f"{baseline_spec[0].model.backbone!r}.")
         else:
             for row in _torch_reference(*baseline_spec, steps):
                 if row["dtype"] in dtype_list:

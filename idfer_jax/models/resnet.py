@@ -290,8 +290,10 @@ class ResNet(nn.Module):
             run their norms on the running statistics."""
             if i >= self.frozen_stages:
                 return conv, norm, _BLOCK_CLASSES[self.block]
-            return (functools.partial(weights.frozen(nn.Conv, self.is_initializing()), **conv.keywords),
-                    functools.partial(norm, train=False), weights.frozen(_BLOCK_CLASSES[self.block], self.is_initializing()))
+            initializing = self.is_initializing()
+            return (functools.partial(weights.frozen(nn.Conv, initializing), **conv.keywords),
+                    functools.partial(norm, train=False),
+                    weights.frozen(_BLOCK_CLASSES[self.block], initializing))
 
         x = x.astype(self.dtype)
         stem_width = self.stem_width or self.widths[0]

@@ -307,8 +307,13 @@ class ImageFolder(fb.FaceBuilder):
                     self._skip(fb.CLASS_DROPPED, os.fspath(path))
                 else:
                     label = fb.clean_text(fields["expression"])
+                    mapping = {fb.label_key(s): d for s, d in self.builder_config.class_map}
+                    if fb.label_key(label) in mapping:
+                        label = f"{label!r} (class_map turns it into {mapping[fb.label_key(label)]!r})"
+                    else:
+                        label = repr(label)
                     unselected[label] += 1
-                    self._skip(f"{fb.NOT_SELECTED} {label!r}", os.fspath(path))
+                    self._skip(f"{fb.NOT_SELECTED} {label}", os.fspath(path))
                 continue
             count += 1
             subject, sequence = fields.get("subject"), fields.get("sequence")
@@ -318,12 +323,12 @@ class ImageFolder(fb.FaceBuilder):
                 sequence=fb.clean_text(sequence) if sequence else None, pose=pose, path=path,
             )
         if not count and unselected:
-            labels = ", ".join(f"{k!r} ({n})" for k, n in unselected.most_common(12))
+            labels = ", ".join(f"{k} x{n}" for k, n in unselected.most_common(12))
             raise DataError(
                 f"No image under {root} has one of the classes {', '.join(self.CLASS_NAMES)} (split "
                 f"{split!r}); its labels are {labels}. Name them in --config.data.class_names, or map them "
                 "onto class names with --config.data.class_map='label:class,...' (test set: "
-                "--config.data.test.class_map)."
+                "--config.data.test.class_map); class_names names the classes after class_map."
             )
         if not count:
             what = f"pattern {self.builder_config.pattern!r}" if self.builder_config.pattern else "manifest"

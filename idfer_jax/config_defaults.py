@@ -8,6 +8,19 @@ from __future__ import annotations
 
 import ml_collections
 
+# `config.data.augment` (idfer_jax.data.pipeline.Augment): every switch off leaves the training images as
+# pad-crop and flip make them.
+AUGMENT_DEFAULTS = {
+    "resized_crop_scale": 1.0,  # random resized crop: keep [scale, 1] of the area (1 = off), e.g. 0.8
+    "aspect_ratio": 0.1,  # ... with log-uniform aspect ratio in [1/(1+a), 1+a]
+    "rotation": 0.0,  # uniform rotation in [-r, r] degrees (0 = off), e.g. 10
+    "brightness": 0.0,  # add uniform [-b, b] (images are in [-1, 1]), e.g. 0.2
+    "contrast": 0.0,  # scale about the image mean by uniform [1-c, 1+c], e.g. 0.2
+    "saturation": 0.0,  # colour images: blend with grey by uniform [1-s, 1+s], e.g. 0.2
+    "grey": 0.0,  # probability of turning a colour image grey (kept 3-channel)
+    "erasing": 0.0,  # probability of random erasing (Zhong et al. 2020): one rectangle of 2-20% area
+}
+
 
 def data(**overrides) -> ml_collections.ConfigDict:
     """The `config.data` block. Protocols and class selection: see `idfer_jax.data.datasets`."""
@@ -36,6 +49,7 @@ def data(**overrides) -> ml_collections.ConfigDict:
                                         "manifest": "", "class_map": ""})
     c.crop_padding = 4
     c.flip = True
+    c.augment = ml_collections.ConfigDict(AUGMENT_DEFAULTS)  # more training-time augmentation, all off
     c.with_neutral = False
     c.partner = ""  # '' | other_expression | neutral: a same-subject partner image per training example
     c.worker_count = 0

@@ -231,6 +231,10 @@ def validate(config, *, recipes: bool = True) -> None:
         _number(config, "adversary.steps", minimum=1, integer=True)
         _number(config, "adversary.hidden", minimum=1, integer=True)
     _number(config, "data.image_size", minimum=1, integer=True)
+    for key, below in (("resized_crop_scale", 1.000001), ("grey", 1.000001), ("erasing", 1.000001),
+                       ("contrast", 1.000001), ("rotation", 180.000001), ("aspect_ratio", None),
+                       ("brightness", None), ("saturation", None)):
+        _number(config, f"data.augment.{key}", minimum=0.0, below=below)
     for key in ("data.crop_padding", "data.worker_count", "data.fold"):
         _number(config, key, minimum=0, integer=True)
     class_names = _lookup(config, "data.class_names")

@@ -21,6 +21,8 @@ from collections.abc import Iterator, Sequence
 import grain
 import numpy as np
 
+from idfer_jax.config_defaults import AUGMENT_DEFAULTS
+
 # The dataset side of the pipeline, re-exported: callers need one module.
 from idfer_jax.data.datasets import (  # noqa: F401
     DATASET_MODULES,
@@ -141,16 +143,84 @@ class Decode(grain.transforms.Map):
         return example
 
 
-class Augment(grain.transforms.RandomMap):
-    """Random pad-and-crop translation and horizontal flip, applied alike to every image key.
+_LUMA = np.asarray([0.299, 0.587, 0.114], np.float32)
 
-    A flip mirrors the head, so it negates yaw and roll: without that the pose label would be wrong
-    for half the training images.
+
+class Augment(grain.transforms.RandomMap):
+    """Training-time augmentation, applied alike to every image key of an example (an image and its
+    neutral or partner image move together).
+
+    Always: random pad-and-crop translation (``crop_padding`` px) and horizontal flip. A flip mirrors
+    the head, so it negates yaw and roll: without that the pose label would be wrong for half the
+    training images. Switched on by ``augment`` (keys and meaning: ``config_defaults.AUGMENT_DEFAULTS``):
+    a random resized crop and a small rotation (one bilinear affine warp, edges replicated), brightness /
+    contrast / saturation jitter, grey conversion, and random erasing (filled with uniform noise).
+
+    The random numbers come from grain's per-record generator, which follows the record's position in
+    the global stream: the same on 1 or N hosts, and restored with the iterator's state on resume.
     """
 
-    def __init__(self, crop_padding: int, flip: bool):
+    def __init__(self, crop_padding: int, flip: bool, augment=None):
         self._pad = int(crop_padding)
         self._flip = bool(flip)
+        self._aug = {**AUGMENT_DEFAULTS, **dict(augment or {})}
+
+    def _affine(self, example, keys, rng):
+        a = self._aug
+        scale, rotation = float(a["resized_crop_scale"]), float(a["rotation"])
+        if scale >= 1.0 and rotation <= 0.0:
+            return
+        from scipy import ndimage
+
+        h, w = example["image"].shape[:2]
+        area = rng.uniform(scale, 1.0) if scale < 1.0 else 1.0
+        log_r = np.log1p(float(a["aspect_ratio"])) if scale < 1.0 else 0.0
+        ratio = np.exp(rng.uniform(-log_r, log_r))
+        sy, sx = min(1.0, np.sqrt(area / ratio)), min(1.0, np.sqrt(area * ratio))
+        ty = rng.uniform(-(1 - sy) * h / 2, (1 - sy) * h / 2)
+        tx = rng.uniform(-(1 - sx) * w / 2, (1 - sx) * w / 2)
+        theta = np.deg2rad(rng.uniform(-rotation, rotation)) if rotation > 0 else 0.0
+        cos, sin = np.cos(theta), np.sin(theta)
+        matrix = np.asarray([[cos, -sin], [sin, cos]]) @ np.diag([sy, sx])
+        centre = np.asarray([(h - 1) / 2, (w - 1) / 2])
+        offset = centre + np.asarray([ty, tx]) - matrix @ centre
+        for k in keys:
+            image = example[k]
+            example[k] = np.stack([
+                ndimage.affine_transform(image[..., c], matrix, offset, order=1, mode="nearest")
+                for c in range(image.shape[-1])], axis=-1).astype(np.float32)
+
+    def _photometric(self, example, keys, rng):
+        a = self._aug
+        brightness = rng.uniform(-a["brightness"], a["brightness"]) if a["brightness"] > 0 else 0.0
+        contrast = rng.uniform(1 - a["contrast"], 1 + a["contrast"]) if a["contrast"] > 0 else 1.0
+        saturation = rng.uniform(1 - a["saturation"], 1 + a["saturation"]) if a["saturation"] > 0 else 1.0
+        grey = a["grey"] > 0 and rng.random() < a["grey"]
+        if not (brightness or contrast != 1.0 or saturation != 1.0 or grey):
+            return
+        for k in keys:
+            x = example[k]
+            if x.shape[-1] == 3 and (grey or saturation != 1.0):
+                luma = (x @ _LUMA)[..., None]
+                x = np.broadcast_to(luma, x.shape) if grey else luma + saturation * (x - luma)
+            x = (x - x.mean()) * contrast + x.mean() + brightness
+            example[k] = np.clip(x, -1.0, 1.0).astype(np.float32)
+
+    def _erase(self, example, keys, rng):
+        p = float(self._aug["erasing"])
+        if p <= 0 or rng.random() >= p:
+            return
+        h, w = example["image"].shape[:2]
+        area = rng.uniform(0.02, 0.2) * h * w
+        ratio = np.exp(rng.uniform(np.log(0.3), np.log(1 / 0.3)))
+        eh = min(h, max(1, int(round(np.sqrt(area * ratio)))))
+        ew = min(w, max(1, int(round(np.sqrt(area / ratio)))))
+        y, x = rng.integers(0, h - eh + 1), rng.integers(0, w - ew + 1)
+        noise = rng.uniform(-1, 1, (eh, ew, example["image"].shape[-1])).astype(np.float32)
+        for k in keys:
+            image = example[k].copy()
+            image[y:y + eh, x:x + ew] = noise
+            example[k] = image
 
     def random_map(self, example, rng: np.random.Generator):
         example = dict(example)
@@ -169,6 +239,9 @@ class Augment(grain.transforms.RandomMap):
             for k in MIRRORED_POSE_KEYS:
                 if k in example:
                     example[k] = -example[k]
+        self._affine(example, keys, rng)
+        self._photometric(example, keys, rng)
+        self._erase(example, keys, rng)
         for k in keys:
             example[k] = np.ascontiguousarray(example[k])
         return example
@@ -197,7 +270,7 @@ def train_loader(
         operations=[
             *pairing,
             Decode(dataset.spec.pose_keys, dataset.spec.has_neutral and data_config.with_neutral),
-            Augment(data_config.crop_padding, data_config.flip),
+            Augment(data_config.crop_padding, data_config.flip, data_config.get("augment")),
             grain.transforms.Batch(local_batch, drop_remainder=True),
         ],
         shard_options=grain.sharding.ShardByJaxProcess(drop_remainder=True),

@@ -45,8 +45,10 @@ def data(**overrides) -> ml_collections.ConfigDict:
     # Cross-dataset: set test.name to train on every record of `name` and test on this dataset. An
     # image_folder test set takes its own pattern or manifest, and its own class_map (e.g. 'AN:anger,...'
     # for letter codes); '' = the training set's.
+    # test.align: 'auto' aligns both sides (aligned_<size>px) when the [align] extra is installed, so the
+    # two sets are framed alike; 'no' keeps data.config / test.config as given.
     c.test = ml_collections.ConfigDict({"name": "", "config": "", "manual_dir": "", "pattern": "",
-                                        "manifest": "", "class_map": ""})
+                                        "manifest": "", "class_map": "", "align": "auto"})
     c.crop_padding = 4
     c.flip = True
     c.augment = ml_collections.ConfigDict(AUGMENT_DEFAULTS)  # more training-time augmentation, all off

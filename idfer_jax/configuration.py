@@ -206,6 +206,7 @@ def validate(config, *, recipes: bool = True) -> None:
     if config.model.get("stem"):  # '' = the backbone preset's own stem
         _choice(config, "model.stem", resnet.STEMS)
     _choice(config, "data.partner", pipeline.PARTNER_MODES)
+    _choice(config, "data.test.align", datasets.CROSS_DATASET_ALIGN)
     test = config.data.get("test")
     if not (test is not None and test.get("name")):  # a cross-dataset run has its own split
         _choice(config, "data.protocol", datasets.PROTOCOLS)

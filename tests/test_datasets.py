@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from idfer_jax import config_defaults
-from idfer_jax.data import datasets
+from idfer_jax.data import alignment, datasets
 from idfer_jax.data.errors import DataError
 from tests.conftest import SHARED_DATA
 
@@ -167,6 +167,14 @@ def test_cross_dataset_trains_on_one_and_tests_on_another(tmp_path):
     assert len(ds.test_indices) == 3 * 2 * 2
     # b's subjects are renumbered past a's, so "S01" of b is not a training subject.
     assert not set(ds.labels["subject"][ds.train_indices]) & set(ds.labels["subject"][ds.test_indices])
+    # Both sides are framed alike: aligned to one template where the [align] extra is installed.
+    framing = ds.fold_file["framing"]
+    if alignment.available():
+        assert "aligned_32px" in ds.fold_file["dataset"].split(" -> ")[1]
+        assert framing["train"] == framing["test"] == "detected and aligned to one 5-point template, 32 px"
+    config.test.align = "no"
+    ds = datasets.open_dataset(config)
+    assert ds.fold_file["framing"]["test"] == "the dataset's own crop, resized to 32 px"
 
 
 def test_cross_dataset_test_folder_with_its_own_manifest_and_letter_codes(tmp_path):

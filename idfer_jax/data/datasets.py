@@ -348,8 +348,62 @@ def _test_config(data_config):
     return merged
 
 
+CROSS_DATASET_ALIGN = ("auto", "no")  # config.data.test.align
+
+
+def cross_dataset_framing(data_config):
+    """`data_config` with both sides of a cross-dataset run aligned to one template, if it asks for that.
+
+    Why: a model trained on tight crops (CK+48) and tested on loose head shots (JAFFE's fixed box)
+    is measured on framing as much as on expression. With `test.align='auto'` (the default) and the
+    `[align]` extra installed, a run whose two sides are not both aligned uses `aligned_<size>px` for
+    both; without the extra it says so and keeps the configs. Only the face-dataset builders (whose
+    configs are `<size>px` / `aligned_<size>px`) are changed; the synthetic set is never aligned.
+    """
+    from idfer_jax.data import face_builder as fb
+
+    test = data_config.get("test")
+    if not test or not test.get("name") or test.get("align", "auto") == "no":
+        return data_config
+    configs = [data_config.get("config") or "", test.get("config") or data_config.get("config") or ""]
+    names = [data_config.name, test.name]
+    if any(n in NEEDS_NO_DOWNLOAD for n in names) or not all(fb.CONFIG_NAME.match(c) for c in configs):
+        return data_config
+    if all(c.startswith("aligned_") for c in configs):
+        return data_config
+    from idfer_jax.data import alignment
+    from idfer_jax.train.writers import announce
+
+    if not alignment.available():
+        announce("Cross-dataset run with unaligned crops: the [align] extra (dlib) is not installed, so "
+                 f"{names[0]}/{configs[0]} and {names[1]}/{configs[1]} keep their own framing. "
+                 'pip install -e ".[align]" aligns both to one template.')
+        return data_config
+    aligned = fb.config_name(int(data_config.image_size), True)
+    announce(f"Cross-dataset run: both sides aligned to one template ({names[0]}/{aligned} -> "
+             f"{names[1]}/{aligned}); --config.data.test.align=no keeps {configs[0]} / {configs[1]}.")
+    out = data_config.copy_and_resolve_references()
+    with out.unlocked():
+        out.config = aligned
+        out.test.config = aligned
+    return out
+
+
+def framing(config_name: str) -> str:
+    """How a face-dataset config frames the face, in words (for reports)."""
+    from idfer_jax.data import face_builder as fb
+
+    match = fb.CONFIG_NAME.match(config_name or "")
+    if not match:
+        return config_name
+    if match.group(1):
+        return f"detected and aligned to one 5-point template, {match.group(2)} px"
+    return f"the dataset's own crop, resized to {match.group(2)} px"
+
+
 def open_dataset(data_config) -> Dataset:
     """Opens `data_config.name`, maps its classes and selects fold `data_config.fold`."""
+    data_config = cross_dataset_framing(data_config)
     test_config = _test_config(data_config)
     protocol = data_config.get("protocol", "kfold")
     if test_config is None and protocol not in PROTOCOLS:
@@ -437,6 +491,8 @@ def open_dataset(data_config) -> Dataset:
             "train": f"{names[0]}:train",
             "test": f"{names[-1]}:{splits[1][1]}",
         }
+        if test_config is not None:
+            fold_file["framing"] = {"train": framing(data_config.config), "test": framing(test_config.config)}
         if int(data_config.get("fold", 0)) != 0:
             raise DataError("This protocol has a single fold; set --config.data.fold=0.")
     else:

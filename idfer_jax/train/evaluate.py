@@ -149,6 +149,7 @@ def evaluate(config, workdir: str, build_method: BuildMethod, devices=None) -> d
     results = {
         "method": config.method,
         "dataset": trainer.dataset.fold_file["dataset"],
+        **{k: trainer.dataset.fold_file[k] for k in ("framing",) if k in trainer.dataset.fold_file},
         "protocol": trainer.dataset.fold_file["protocol"],
         "fold": int(config.data.fold),
         "num_folds": trainer.dataset.num_folds,
@@ -334,6 +335,9 @@ def protocol_sentence(results: dict) -> str:
         split = ("the dataset's official train/test split" if protocol == "official"
                  else "train on the first dataset, test on the second")
         what = f"Dataset `{results['dataset']}`; {split} (`folds.json`)."
+        if results.get("framing"):
+            what += (f" Framing: training set {results['framing']['train']}; test set "
+                     f"{results['framing']['test']}.")
     else:
         kind = ("leave-one-subject-out" if protocol == "leave_one_subject_out"
                 else f"subject-independent {results['num_folds']}-fold")

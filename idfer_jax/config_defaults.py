@@ -42,6 +42,10 @@ def data(**overrides) -> ml_collections.ConfigDict:
     c.fold = 0
     c.split_seed = 0
     c.fold_file = ""  # replay the split of an earlier run's folds.json (matched by subject name)
+    # More training sets, 'NAME[/CONFIG]=MANUAL_DIR' each (e.g. 'jaffe/48px=/data/jaffe'): read with the
+    # run's classes, their subjects kept apart from the main set's; the folds split the union of subjects.
+    c.extra = ()
+    c.mix = ()  # sampling weight of each training set (main first); () = every record equally likely
     # Cross-dataset: set test.name to train on every record of `name` and test on this dataset. An
     # image_folder test set takes its own pattern or manifest, and its own class_map (e.g. 'AN:anger,...'
     # for letter codes); '' = the training set's.

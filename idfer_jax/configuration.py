@@ -223,6 +223,24 @@ def validate(config, *, recipes: bool = True) -> None:
         _number(config, key, minimum=0.0, below=1.0)
     _number(config, "optimizer.milestone_factor", minimum=0.0, strict=True)
     _number(config, "optimizer.backbone_lr_multiplier", minimum=0.0)
+    if config.optimizer.get("backbone_lr_multiplier", 1.0) != 1.0 and "backbone" not in config.model:
+        raise ConfigError(
+            f"config.optimizer.backbone_lr_multiplier={config.optimizer.backbone_lr_multiplier} applies to "
+            f"recipes built on config.model.backbone; {config.method!r} has none. Remove it.")
+    test = config.data.get("test")
+    if test is not None and not test.get("name"):
+        stray = [k for k in ("config", "manual_dir", "pattern", "manifest", "class_map") if test.get(k)]
+        if stray:
+            raise ConfigError(
+                f"config.data.test.{stray[0]} is set but config.data.test.name is not: a test set is used "
+                "only in a cross-dataset run. Set --config.data.test.name=DATASET (e.g. image_folder) or "
+                "remove it.")
+    if test is not None and test.get("name") and test.name != "image_folder":
+        stray = [k for k in ("pattern", "manifest") if test.get(k)]
+        if stray:
+            raise ConfigError(
+                f"config.data.test.{stray[0]} labels an image_folder test set, but config.data.test.name="
+                f"{test.name!r}. Set --config.data.test.name=image_folder or remove it.")
     if "milestones" in config.optimizer:
         optim.check_milestones(config.optimizer.milestones)
     if config.get("adversary") is not None:

@@ -197,6 +197,35 @@ def test_cross_dataset_test_folder_with_its_own_manifest_and_letter_codes(tmp_pa
     assert np.bincount(test_labels).tolist() == [3, 3, 3]
 
 
+def test_training_on_a_folder_and_a_benchmark_at_once_keeps_subjects_apart(tmp_path, smoke_data_dir):
+    """data.extra adds a training set: its classes meet the run's by name (the rest are left out), its
+    subjects stay apart from the main set's, the folds split the union of subjects, and data.mix sets how
+    often each set is drawn."""
+    root = write_folder(tmp_path / "raw", size=(48, 48))
+    config = folder_config(tmp_path, root, config="48px", image_size=48, data_dir=smoke_data_dir,
+                           class_names=("anger", "happiness", "sadness"), extra=("synthetic_faces/smoke=",),
+                           mix=(1.0, 1.0))
+    ds = datasets.open_dataset(config)
+    assert ds.fold_file["dataset"].endswith(" + synthetic_faces/smoke")
+    sets = ds.fold_file["training_sets"]
+    assert len(sets) == 2 and all(n > 0 for n in sets.values())
+    names = ds.fold_file["test_subject_names"]
+    everyone = [n for fold in names for n in fold]
+    assert len(everyone) == len(set(everyone)) == 4 + 24  # folder subjects + prefixed synthetic ones
+    assert sum(n.startswith("synthetic_faces/smoke:") for n in everyone) == 24
+    assert not set(ds.labels["subject"][ds.train_indices]) & set(ds.labels["subject"][ds.test_indices])
+    folder_records = set(ds.train_indices[: sets[next(iter(sets))]])
+    share = np.isin(ds.train_sampling, list(folder_records)).mean()
+    assert 0.45 < share < 0.55, share  # the small folder is repeated to half of what is drawn
+    with pytest.raises(DataError, match="one positive weight per training set"):
+        config.mix = (1.0,)
+        datasets.open_dataset(config)
+    config.mix = ()
+    config.extra = ("no_such_set=",)
+    with pytest.raises(DataError, match="'no_such_set' is not a benchmark dataset"):
+        datasets.open_dataset(config)
+
+
 def test_missing_manual_download_names_the_archive_and_folder(tmp_path):
     config = config_defaults.data(name="ck_plus48", config="48px", image_size=48,
                                   data_dir=str(tmp_path / "tfds"), manual_dir=str(tmp_path / "nowhere"))

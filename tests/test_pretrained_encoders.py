@@ -259,13 +259,65 @@ def test_fine_tuning_settings_that_cannot_work_are_config_errors(override, messa
         validate(config)
 
 
-def test_a_missing_or_wrong_checkpoint_is_reported_before_training(tmp_path):
+@pytest.mark.parametrize("key, value, message", [
+    ("data.test.manifest", "labels.csv", "test.name is not"),
+    ("data.test.class_map", "HA:happiness", "test.name is not"),
+    ("optimizer.backbone_lr_multiplier", 0.1, "'fersnet' has none"),
+])
+def test_settings_that_would_be_ignored_are_config_errors(key, value, message):
+    config = api.load_config(str(REPO / "configs" / "fersnet_synthetic.py") + ":smoke")
+    block, name = key.rsplit(".", 1)
+    node = config
+    for part in block.split("."):
+        node = node[part]
+    node[name] = value
+    with pytest.raises(ConfigError, match=message):
+        validate(config)
+    config = api.load_config(str(REPO / "configs" / "baseline_ckplus.py"))
+    config.data.test.update(name="jaffe", pattern="(?P<expression>x)")
+    with pytest.raises(ConfigError, match="labels an image_folder test set"):
+        validate(config)
+
+
+def test_a_missing_or_wrong_checkpoint_says_what_it_is_and_never_to_delete_a_users_file(tmp_path):
+    def load(path):
+        return pretrained.load_tree("mini_xception", pretrained.resolve("mini_xception", str(path)))
+
     with pytest.raises(store.MissingWeightsError, match="does not exist"):
-        pretrained.resolve("mini_xception", str(tmp_path / "absent.msgpack"))
+        load(tmp_path / "absent.msgpack")
+    with pytest.raises(store.MissingWeightsError, match="is a directory"):
+        load(tmp_path)
     bad = tmp_path / "bad.msgpack"
     bad.write_bytes(b"not msgpack")
-    with pytest.raises(store.InvalidCheckpointError, match="python -m idfer_jax.pretrained.mini_xception"):
-        pretrained.resolve("mini_xception", str(bad))
+    with pytest.raises(store.InvalidCheckpointError, match="pretrained.mini_xception --out") as e:
+        load(bad)
+    assert "delete" not in str(e.value)
+    other = store.write_checkpoint(tmp_path / "facenet.msgpack",
+                                   {"format": "idfer_jax/facenet_inception_resnet_v1/1", "params": {}})
+    with pytest.raises(store.InvalidCheckpointError, match="FaceNet weights.*backbone=facenet"):
+        load(other)
+
+
+def test_an_unwritable_cache_names_the_variable_that_moves_it(tmp_path, monkeypatch):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    monkeypatch.setenv("IDFER_JAX_CACHE", str(blocker / "cache"))
+    with pytest.raises(store.CacheError, match="IDFER_JAX_CACHE"):
+        store.write_checkpoint(store.cache_dir() / "x.msgpack", {"format": "f", "params": {}})
+
+
+def test_evaluating_or_resuming_needs_no_pretrained_file(tmp_path):
+    """The abstract state a checkpoint is restored into is built without reading the weights."""
+    from idfer_jax.models import weights
+
+    config = api.load_config(str(REPO / "configs" / "baseline_synthetic.py") + ":smoke")
+    config.model.update(backbone="mini_xception", pretrained=str(tmp_path / "gone.msgpack"))
+    method = methods.build(config, fake_spec())
+    with weights.shapes_only():
+        shapes = jax.eval_shape(method.init, jax.random.key(0), fake_batch())
+    assert "stage1" in shapes["params"]["backbone"]
+    with pytest.raises(store.MissingWeightsError, match="gone.msgpack does not exist"):
+        method.init(jax.random.key(0), fake_batch())
 
 
 # --- fine-tuning learns faster than training from scratch, on real faces --------------------------

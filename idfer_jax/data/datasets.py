@@ -90,6 +90,9 @@ class Dataset:
     test_indices: np.ndarray
     spec: DataSpec
     fold_file: dict  # the protocol as data, written next to the results
+    # The training records as the sampler draws them: train_indices with each set's records repeated to
+    # reach `config.data.mix`; None = train_indices as they are.
+    train_sampling: np.ndarray | None = None
 
     @property
     def num_folds(self) -> int:
@@ -257,10 +260,11 @@ def _mapped(name: str, class_map: dict[str, str]) -> str:
 
 
 def class_lookup(dataset_classes: Sequence[str], run_classes: Sequence[str], class_map: dict,
-                 dataset: str) -> np.ndarray:
+                 dataset: str, allow_missing: bool = False) -> np.ndarray:
     """Maps each dataset class index to a run class index, or -1 for classes the run leaves out.
 
-    Class names match ignoring case and invisible differences (`face_builder.label_key`).
+    Class names match ignoring case and invisible differences (`face_builder.label_key`). A run class
+    the dataset lacks is an error unless `allow_missing` (an added training set).
     """
     from idfer_jax.data.face_builder import label_key
 
@@ -269,7 +273,7 @@ def class_lookup(dataset_classes: Sequence[str], run_classes: Sequence[str], cla
     lookup = np.asarray([run_index.get(label_key(m), -1) if m else -1 for m in mapped], np.int64)
     have = {label_key(m) for m in mapped if m}
     missing = [c for c in run_classes if label_key(c) not in have]
-    if missing:
+    if missing and not allow_missing:
         after = [m for m in mapped if m]
         if class_map and after != list(dataset_classes):
             classes = (f"its classes after class_map: {', '.join(dict.fromkeys(after))}; before: "
@@ -351,6 +355,68 @@ def _test_config(data_config):
 CROSS_DATASET_ALIGN = ("auto", "no")  # config.data.test.align
 
 
+def extra_data_configs(data_config) -> list:
+    """The data configs of `config.data.extra`: more training sets, 'NAME[/CONFIG]=MANUAL_DIR' each.
+
+    Each is a benchmark (or synthetic) dataset read with the run's image size, classes and class_map;
+    CONFIG defaults to the main set's `data.config`, MANUAL_DIR may be empty for a prepared dataset.
+    """
+    specs = tuple(data_config.get("extra") or ())
+    out = []
+    for spec in specs:
+        if not isinstance(spec, str) or not spec.strip():
+            raise DataError(
+                f"config.data.extra entries are 'NAME[/CONFIG]=MANUAL_DIR' strings; got {spec!r}.")
+        head, _, manual_dir = spec.partition("=")
+        name, _, config = head.strip().partition("/")
+        if name not in DATASET_MODULES or name == "image_folder":
+            raise DataError(
+                f"config.data.extra entry {spec!r}: {name!r} is not a benchmark dataset; use one of "
+                f"{', '.join(sorted(n for n in DATASET_MODULES if n != 'image_folder'))} (your own folder "
+                "can be the main set: --config.data.name=image_folder).")
+        extra = data_config.copy_and_resolve_references()
+        with extra.unlocked():
+            extra.name = name
+            extra.config = config or data_config.config
+            extra.manual_dir = os.path.expanduser(manual_dir.strip())
+            extra.pattern = extra.manifest = ""
+            extra.test = None
+            extra.extra = ()
+        out.append(extra)
+    mix = tuple(data_config.get("mix") or ())
+    if mix and (len(mix) != len(out) + 1 or any(not isinstance(m, (int, float)) or m <= 0 for m in mix)):
+        raise DataError(
+            f"config.data.mix={mix!r} needs one positive weight per training set: the main set, then each "
+            f"of data.extra ({len(out) + 1} in all), e.g. "
+            f"--config.data.mix=\"({', '.join(['1'] * (len(out) + 1))})\".")
+    return out
+
+
+def mixed_sampling(train_idx: np.ndarray, sets: np.ndarray, mix: Sequence[float], names: Sequence[str],
+                   *, seed: int) -> np.ndarray:
+    """`train_idx` with each set's records repeated so that set i makes mix[i] / sum(mix) of the list.
+
+    No set is subsampled: the largest ratio of records to weight sets the scale, and the others are
+    repeated (whole copies, then a seeded choice for the fraction). The sampler shuffles this list per
+    epoch, so a batch holds the sets in the mix ratio on average.
+    """
+    weights = np.asarray(mix, np.float64) / np.sum(mix)
+    counts = np.asarray([np.sum(sets == i) for i in range(len(names))])
+    if np.any(counts == 0):
+        empty = [n for n, c in zip(names, counts, strict=True) if c == 0]
+        raise DataError(f"config.data.mix: {', '.join(empty)} has no training records in this fold.")
+    scale = np.max(counts / weights)
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for i, (count, weight) in enumerate(zip(counts, weights, strict=True)):
+        records = train_idx[sets == i]
+        target = int(round(scale * weight))
+        whole, rest = divmod(target, count)
+        chosen.extend([records] * whole)
+        chosen.append(rng.choice(records, size=rest, replace=False))
+    return np.sort(np.concatenate(chosen))
+
+
 def cross_dataset_framing(data_config):
     """`data_config` with both sides of a cross-dataset run aligned to one template, if it asks for that.
 
@@ -420,10 +486,13 @@ def open_dataset(data_config) -> Dataset:
             "datasets with --config.data.data_dir, or the raw download with --config.data.manual_dir "
             "to prepare it there."
         )
-    builders = [load_builder(data_config)]
+    extra_configs = extra_data_configs(data_config)
+    train_configs = [data_config, *extra_configs]
+    builders = [load_builder(c) for c in train_configs]
     if test_config is not None:
         builders.append(load_builder(test_config))
-    names = [dataset_name(data_config)] + ([dataset_name(test_config)] if test_config else [])
+    names = [dataset_name(c) for c in train_configs] + ([dataset_name(test_config)] if test_config else [])
+    num_sets = len(train_configs)
 
     image_shape = _image_shape(builders[0])
     expected = int(data_config.image_size)
@@ -442,54 +511,65 @@ def open_dataset(data_config) -> Dataset:
     run_classes = tuple(data_config.get("class_names") or ()) or dataset_classes[0]
     class_map = parse_class_map(data_config.get("class_map"))
     # image_folder applies class_map to its labels while preparing (its classes are class_names already).
-    lookups = [class_lookup(c, run_classes, {} if _maps_own_classes(b) else class_map, n)
-               for b, c, n in zip(builders, dataset_classes, names, strict=True)]
+    # An added training set may lack some of the run's classes (JAFFE has no contempt): the main set
+    # must have them all.
+    lookups = [class_lookup(c, run_classes, {} if _maps_own_classes(b) else class_map, n,
+                            allow_missing=0 < i < num_sets)
+               for i, (b, c, n) in enumerate(zip(builders, dataset_classes, names, strict=True))]
 
+    # (builder index, split): the training sets' train splits, then the test part if the split is given.
+    splits = [(i, "train") for i in range(num_sets)]
     if test_config is not None:
-        splits = [(builders[0], "train"),
-                  (builders[1], "test" if "test" in builders[1].info.splits else "train")]
+        splits.append((num_sets, "test" if "test" in builders[-1].info.splits else "train"))
     elif protocol == "official":
         if "test" not in builders[0].info.splits:
             raise DataError(
                 f"{names[0]} has no official test split (splits: {', '.join(builders[0].info.splits)}); "
                 "use --config.data.protocol=kfold or loso."
             )
-        splits = [(builders[0], "train"), (builders[0], "test")]
-    else:
-        splits = [(builders[0], "train")]
+        splits.append((0, "test"))
+    given_split = test_config is not None or protocol == "official"
 
     features = [b.info.features for b in builders]
     pose_keys = tuple(k for k in POSE_KEYS if all(k in f for f in features))
     keys = ("expression", "subject", "sequence", "subject_name", *pose_keys)
     parts, columns = [], []
-    for i, (builder, split) in enumerate(splits):
-        lookup = lookups[0 if builder is builders[0] else 1]
+    for i, (b, split) in enumerate(splits):
+        builder, lookup = builders[b], lookups[b]
         part_labels = read_labels(label_source(builder, split), keys)
         part_labels["expression"] = lookup[part_labels["expression"]]
-        # A second dataset's subjects are shifted past the first one's ids (the splits of one
-        # dataset share its subject numbering).
+        # Another dataset's subjects are shifted past every id before them (the splits of one dataset
+        # share its subject numbering), and their names carry the dataset's, so no two sets share one.
         offset = 0
-        if builder is not builders[0]:
-            offset = int(columns[0]["subject"].max(initial=-1)) + 1
+        if b != 0:
+            if b < num_sets:  # an added training set: "jaffe/48px:KA" (or its id where it has no names)
+                part_labels["subject_name"] = np.asarray(
+                    [f"{names[b]}:{(n.decode() if isinstance(n, bytes) else str(n)) or s}"
+                     for n, s in zip(part_labels["subject_name"], part_labels["subject"], strict=True)],
+                    dtype=object)
+            offset = max(int(c["subject"].max(initial=-1)) for c in columns) + 1
             part_labels["subject"] = np.where(part_labels["subject"] >= 0,
                                               part_labels["subject"] + offset, -1)
         part_labels["part"] = np.full(len(part_labels["subject"]), i)
+        part_labels["set"] = np.full(len(part_labels["subject"]), b)
         parts.append((builder.as_data_source(split=split), lookup, offset))
         columns.append(part_labels)
     source = MappedSource(parts)
     labels = {k: np.concatenate([c[k] for c in columns]) for k in columns[0]}
     part_of = labels.pop("part")
+    set_of = labels.pop("set")
     subject_names = _subject_names(labels["subject"], labels.pop("subject_name"))
     usable = labels["expression"] >= 0
 
-    if len(splits) == 2:  # official split or cross-dataset: the split is given
-        train_idx = np.flatnonzero(usable & (part_of == 0))
-        test_idx = np.flatnonzero(usable & (part_of == 1))
+    if given_split:  # official split or cross-dataset: the last part is the test set
+        test_part = len(splits) - 1
+        train_idx = np.flatnonzero(usable & (part_of != test_part))
+        test_idx = np.flatnonzero(usable & (part_of == test_part))
         fold_file = {
             "protocol": "cross_dataset" if test_config is not None else "official",
             "num_folds": 1,
-            "train": f"{names[0]}:train",
-            "test": f"{names[-1]}:{splits[1][1]}",
+            "train": " + ".join(f"{n}:train" for n in names[:num_sets]),
+            "test": f"{names[splits[-1][0]]}:{splits[-1][1]}",
         }
         if test_config is not None:
             fold_file["framing"] = {"train": framing(data_config.config), "test": framing(test_config.config)}
@@ -513,8 +593,12 @@ def open_dataset(data_config) -> Dataset:
             "test_subject_names": [[subject_names.get(int(s), str(s)) for s in f] for f in folds],
         }
     dropped = [c for c, i in zip(dataset_classes[0], lookups[0], strict=True) if i < 0]
+    training = " + ".join(names[:num_sets])
+    if num_sets > 1:
+        fold_file["training_sets"] = {
+            n: int(np.sum(set_of[train_idx] == i)) for i, n in enumerate(names[:num_sets])}
     fold_file.update(
-        dataset=names[0] if test_config is None else f"{names[0]} -> {names[1]}",
+        dataset=training if test_config is None else f"{training} -> {names[-1]}",
         fold=int(data_config.get("fold", 0)),
         class_names=list(run_classes),
         classes_left_out=dropped,
@@ -530,9 +614,14 @@ def open_dataset(data_config) -> Dataset:
         has_neutral=all("neutral_image" in f for f in features),
     )
     # Every class must have images in the training dataset; a cross-dataset test set may lack some.
-    own = np.isin(part_of, [i for i, (b, _) in enumerate(splits) if b is builders[0]])
+    own = np.isin(part_of, [i for i, (b, _) in enumerate(splits) if b == 0])
     _check_every_class_has_records(labels["expression"][usable & own], run_classes, names[:1])
-    return Dataset(source, labels, train_idx, test_idx, spec, fold_file)
+    sampling = None
+    if num_sets > 1 and tuple(data_config.get("mix") or ()):
+        sampling = mixed_sampling(train_idx, set_of[train_idx], data_config.mix, names[:num_sets],
+                                  seed=int(data_config.get("split_seed", 0)))
+        fold_file["mix"] = [float(m) for m in data_config.mix]
+    return Dataset(source, labels, train_idx, test_idx, spec, fold_file, sampling)
 
 
 def _maps_own_classes(builder) -> bool:

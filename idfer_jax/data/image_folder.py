@@ -28,9 +28,11 @@ Classes are the user's `class_names`, in the order given. Each expression value 
 files of label x), then matches its class ignoring case and invisible differences (surrounding spaces,
 byte-order marks, zero-width characters, Unicode compatibility forms), or through the common
 abbreviations (`HA` -> `happiness`) when the classes use the canonical names of `face_builder.EXPRESSIONS`
-(use those to mix your data with the benchmarks). A value that matches no class is an error naming the
-file, so a typo never silently drops data; a declared class with no image is an error too (it would train
-an output that is never right, and make chance look lower than it is).
+(use those to mix your data with the benchmarks). `class_names` may select a subset, as on the
+benchmarks: an image whose label matches no class is skipped, and the preparation summary lists every such
+label with its count (so a typo shows there, once, when the folder is prepared); a folder where no label
+matches is an error naming its labels. A declared class with no image is an error too (it would train an
+output that is never right, and make chance look lower than it is).
 
 The prepared dataset's config name carries a digest of the settings and of the folder's file list, so
 changing the pattern, the classes or the images prepares a fresh copy instead of reusing a stale one.

@@ -256,7 +256,8 @@ def train_loader(
         raise DataError(
             f"batch_size={global_batch_size} is not divisible by the {process_count} processes."
         )
-    source = Subset(dataset.source, dataset.train_indices, dataset.fold_file["dataset"])
+    records = dataset.train_indices if dataset.train_sampling is None else dataset.train_sampling
+    source = Subset(dataset.source, records, dataset.fold_file["dataset"])
     pairing = []
     if data_config.get("partner"):
         names = list(dataset.spec.class_names)

@@ -12,7 +12,7 @@ from idfer_jax.data.pipeline import DataSpec
 from idfer_jax.losses import WEIGHTING_PARAM_KEY
 from idfer_jax.methods import adversaries as adv
 from idfer_jax.methods.labels import accuracy, num_yaw_bins, train_subject_labels, yaw_bin_labels
-from idfer_jax.models import num_stages
+from idfer_jax.models import num_stages, weights
 from idfer_jax.train.interface import Method, Player
 from idfer_jax.train.optim import make_optimizer
 
@@ -132,12 +132,14 @@ def build_recipe(name: str, model: nn.Module, objective: Objective, config, data
         return model.apply({**variables, "params": model_params(variables["params"])}, images, train=False)
 
     optimizer = make_optimizer(config.optimizer, config.train.num_steps,
-                               freeze_until=config.model.get("freeze_until", 0))
+                               freeze_until=config.model.get("freeze_until", 0) if "backbone" in config.model
+                               else None)
     if not adversaries:
         players = (Player("model", loss_fn, optimizer),)
     else:
         sample = {"image": jnp.zeros((2, *data_spec.image_shape), jnp.float32)}
-        groups = jax.eval_shape(init, jax.random.PRNGKey(0), sample)["params"]
+        with weights.shapes_only():
+            groups = jax.eval_shape(init, jax.random.PRNGKey(0), sample)["params"]
         players = (
             adv.player(adversaries, adversary_forward, adv.make_adversary_optimizer(config),
                        steps=adv.settings(config).get("steps", 1)),

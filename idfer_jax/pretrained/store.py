@@ -100,16 +100,35 @@ def sha256(path: str) -> str:
     return digest.hexdigest()
 
 
+class CacheError(UserError, OSError):
+    """The converted weights cannot be written where they go."""
+
+
+# format tag -> (network, backbone name): to tell a user which backbone a checkpoint they gave is for.
+KNOWN_FORMATS = {
+    "idfer_jax/facenet_inception_resnet_v1/1": ("FaceNet", "facenet"),
+    "idfer_jax/fer_mini_xception/1": ("mini-Xception", "mini_xception"),
+}
+
+
 def write_checkpoint(out: pathlib.Path, payload: Mapping[str, Any]) -> str:
     import flax
 
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_bytes(flax.serialization.msgpack_serialize(dict(payload)))
         os.replace(tmp, out)
+    except OSError as e:
+        raise CacheError(
+            f"cannot write converted weights to {out} ({e.strerror or e}). Point the IDFER_JAX_CACHE "
+            f"environment variable at a writable directory (the cache is now {cache_dir()}), or pass "
+            "--out=PATH to the converter.") from e
     finally:
-        tmp.unlink(missing_ok=True)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
     return str(out)
 
 
@@ -119,19 +138,31 @@ def read_checkpoint(path: str | os.PathLike, checkpoint_format: str, what: str, 
     import flax
 
     target = pathlib.Path(path)
+    cached = target.parent == cache_dir()
+    # For the cache's own file, converting again fixes it; a user's file is theirs to keep.
+    fix = (f"delete it and re-run `{convert_command}`" if cached else
+           f"give the file `{convert_command} --out=PATH` writes, or leave config.model.pretrained '' for "
+           "the weights the package ships")
+    if target.is_dir():
+        raise MissingWeightsError(f"{what} checkpoint {target} is a directory; {fix}.")
     if not target.is_file():
-        raise MissingWeightsError(f"{what} checkpoint {target} does not exist")
+        raise MissingWeightsError(f"{what} checkpoint {target} does not exist; {fix}.")
     try:
         payload = flax.serialization.msgpack_restore(target.read_bytes())
     except Exception as e:  # msgpack raises several unrelated types on garbage
         raise InvalidCheckpointError(
-            f"{target} is not a readable {what} checkpoint ({type(e).__name__}: {e}); delete it and "
-            f"re-run `{convert_command}`"
+            f"{target} is not a readable {what} checkpoint ({type(e).__name__}); {fix}."
         ) from e
-    if not isinstance(payload, dict) or payload.get("format") != checkpoint_format:
+    found = payload.get("format") if isinstance(payload, dict) else None
+    if found != checkpoint_format:
+        if found in KNOWN_FORMATS:
+            network, backbone = KNOWN_FORMATS[found]
+            raise InvalidCheckpointError(
+                f"{target} holds {network} weights, not {what}: set --config.model.backbone={backbone} to "
+                "start from it.")
         raise InvalidCheckpointError(
             f"{target} is not a {what} checkpoint written by idfer_jax (expected format "
-            f"{checkpoint_format!r}); delete it and re-run `{convert_command}`"
+            f"{checkpoint_format!r}); {fix}."
         )
     params = payload.get("params")
     if not isinstance(params, dict):

@@ -92,11 +92,14 @@ def learning_rate_schedule(config, total_steps: int) -> optax.Schedule:
     )
 
 
-def make_optimizer(config, total_steps: int, freeze_until: int = 0) -> optax.GradientTransformation:
+def make_optimizer(config, total_steps: int, freeze_until: int | None = None) -> optax.GradientTransformation:
     """`config` is an optimizer ConfigDict: name, learning_rate, weight_decay, schedule, ...,
-    backbone_lr_multiplier; `freeze_until` is `config.model.freeze_until` (see the module docstring)."""
+    backbone_lr_multiplier. `freeze_until` is `config.model.freeze_until` for the optimizer of a model
+    built on a backbone (see the module docstring); None (discriminators, adversaries, FERSNet's own
+    network) trains every parameter alike and ignores `backbone_lr_multiplier`."""
     schedule = learning_rate_schedule(config, total_steps)
-    multiplier = float(config.get("backbone_lr_multiplier", 1.0))
+    multiplier = float(config.get("backbone_lr_multiplier", 1.0)) if freeze_until is not None else 1.0
+    freeze_until = freeze_until or 0
     update = _update_rule(config, schedule)
     if freeze_until == 0 and multiplier == 1.0:
         opt = update

@@ -31,6 +31,7 @@ from jax.sharding import PartitionSpec as P
 from idfer_jax import configuration
 from idfer_jax.data import pipeline
 from idfer_jax.errors import Interrupted, UserError
+from idfer_jax.models import weights
 from idfer_jax.train import checkpoint as ckpt_lib
 from idfer_jax.train import workdir as workdir_lib
 from idfer_jax.train import writers
@@ -211,9 +212,10 @@ class Trainer:
         )
 
     def abstract_state(self) -> TrainState:
-        shapes = jax.eval_shape(
-            lambda r: init_state(self.method, r, self.sample_batch()), jax.random.PRNGKey(0)
-        )
+        with weights.shapes_only():  # a restored state needs no pretrained file
+            shapes = jax.eval_shape(
+                lambda r: init_state(self.method, r, self.sample_batch()), jax.random.PRNGKey(0)
+            )
         return ckpt_lib.abstract_like(shapes, self.replicated)
 
     def checkpointer(self, workdir: str, *, create: bool = True) -> ckpt_lib.Checkpointer:

@@ -339,3 +339,18 @@ def test_fine_tuning_from_fer2013_beats_the_same_budget_from_scratch_on_ckplus(t
         summary = api.crossval(config, str(tmp_path / (start or "pretrained")))
         accuracy[start] = summary["mean_std"]["accuracy"]["mean"]
     assert accuracy[""] > accuracy["none"] + 0.1, accuracy
+
+
+def test_the_report_names_the_backbone_and_how_it_was_fine_tuned():
+    from idfer_jax.train.evaluate import backbone_description, protocol_sentence
+
+    config = api.load_config(str(REPO / "configs" / "baseline_ckplus.py"))
+    assert backbone_description(config) == "resnet_small (random init)"
+    config.model.update(backbone="mini_xception", freeze_until=-1)
+    config.optimizer.backbone_lr_multiplier = 0.1
+    described = backbone_description(config)
+    assert described == ("mini_xception (pretrained: the weights its package ships; encoder frozen (linear "
+                         "probe); backbone learning rate x0.1)")
+    results = {"dataset": "ck_plus48/48px", "protocol": "subject_kfold", "num_folds": 10, "fold": 0,
+               "backbone": described}
+    assert f"Backbone: {described}." in protocol_sentence(results)

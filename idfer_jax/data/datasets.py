@@ -388,7 +388,7 @@ def extra_data_configs(data_config) -> list:
         raise DataError(
             f"config.data.mix={mix!r} needs one positive weight per training set: the main set, then each "
             f"of data.extra ({len(out) + 1} in all), e.g. "
-            f"--config.data.mix=\"({', '.join(['1'] * (len(out) + 1))})\".")
+            f"--config.data.mix=\"({', '.join(['1'] * (len(out) + 1))},)\".")
     return out
 
 
@@ -461,7 +461,7 @@ def framing(config_name: str) -> str:
 
     match = fb.CONFIG_NAME.match(config_name or "")
     if not match:
-        return config_name
+        return f"the dataset's own framing (config {config_name!r})"
     if match.group(1):
         return f"detected and aligned to one 5-point template, {match.group(2)} px"
     return f"the dataset's own crop, resized to {match.group(2)} px"
@@ -488,7 +488,12 @@ def open_dataset(data_config) -> Dataset:
         )
     extra_configs = extra_data_configs(data_config)
     train_configs = [data_config, *extra_configs]
-    builders = [load_builder(c) for c in train_configs]
+    builders = [load_builder(data_config)]
+    for spec, extra in zip(data_config.get("extra") or (), extra_configs, strict=True):
+        try:
+            builders.append(load_builder(extra))
+        except DataError as e:
+            raise DataError(f"config.data.extra entry {spec!r}: {e}") from e
     if test_config is not None:
         builders.append(load_builder(test_config))
     names = [dataset_name(c) for c in train_configs] + ([dataset_name(test_config)] if test_config else [])

@@ -277,6 +277,11 @@ def _check_fine_tuning(config, backbones) -> None:
                 f"config.model.pretrained={pretrained!r}: pretrained weights exist for "
                 f"{', '.join(backbones.PRETRAINED_BACKBONES)}, not for {name!r}. Set "
                 "--config.model.backbone=facenet (or mini_xception), or leave pretrained ''.")
+        if m.get("freeze_until", 0):
+            raise ConfigError(
+                f"config.model.freeze_until={m.freeze_until}: {name!r} starts from random weights, so "
+                f"freezing its stages trains on random features. Freeze a pretrained encoder "
+                f"({', '.join(backbones.PRETRAINED_BACKBONES)}), or remove it.")
         if m.get("input_size", 0):
             raise ConfigError(
                 f"config.model.input_size={m.input_size} applies to the pretrained backbones "

@@ -172,6 +172,9 @@ def test_cross_dataset_trains_on_one_and_tests_on_another(tmp_path):
     if alignment.available():
         assert "aligned_32px" in ds.fold_file["dataset"].split(" -> ")[1]
         assert framing["train"] == framing["test"] == "detected and aligned to one 5-point template, 32 px"
+    # The decision is written into the config the Trainer saves: a resume elsewhere cannot redo it.
+    resolved = datasets.cross_dataset_framing(config)
+    assert resolved.test.align == "no" and (resolved.config == "aligned_32px") == alignment.available()
     config.test.align = "no"
     ds = datasets.open_dataset(config)
     assert ds.fold_file["framing"]["test"] == "the dataset's own crop, resized to 32 px"
@@ -212,7 +215,7 @@ def test_training_on_a_folder_and_a_benchmark_at_once_keeps_subjects_apart(tmp_p
     names = ds.fold_file["test_subject_names"]
     everyone = [n for fold in names for n in fold]
     assert len(everyone) == len(set(everyone)) == 4 + 24  # folder subjects + prefixed synthetic ones
-    assert sum(n.startswith("synthetic_faces/smoke:") for n in everyone) == 24
+    assert sum(n.startswith("synthetic_faces:") for n in everyone) == 24
     assert not set(ds.labels["subject"][ds.train_indices]) & set(ds.labels["subject"][ds.test_indices])
     folder_records = set(ds.train_indices[: sets[next(iter(sets))]])
     share = np.isin(ds.train_sampling, list(folder_records)).mean()

@@ -250,6 +250,7 @@ def test_backbone_learning_rate_multiplier_scales_the_backbone_update_only(name)
     ({"backbone": "mini_xception", "freeze_until": 5}, "has 4 stages"),
     ({"backbone": "resnet_small", "pretrained": "/some/file.msgpack"}, "not for 'resnet_small'"),
     ({"backbone": "resnet_small", "input_size": 96}, "a ResNet sees data.image_size"),
+    ({"backbone": "resnet_small", "freeze_until": 1}, "trains on random features"),
     ({"backbone": "mini_xeption"}, "Did you mean 'mini_xception'"),
 ])
 def test_fine_tuning_settings_that_cannot_work_are_config_errors(override, message):

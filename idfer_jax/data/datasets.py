@@ -425,6 +425,9 @@ def cross_dataset_framing(data_config):
     `[align]` extra installed, a run whose two sides are not both aligned uses `aligned_<size>px` for
     both; without the extra it says so and keeps the configs. Only the face-dataset builders (whose
     configs are `<size>px` / `aligned_<size>px`) are changed; the synthetic set is never aligned.
+    The decision is written into the returned config (`test.align='no'` with the configs it chose), so
+    the Trainer saves it: resuming or evaluating on a machine that decides otherwise is refused as a
+    config change instead of silently reading differently framed data.
     """
     from idfer_jax.data import face_builder as fb
 
@@ -433,10 +436,13 @@ def cross_dataset_framing(data_config):
         return data_config
     configs = [data_config.get("config") or "", test.get("config") or data_config.get("config") or ""]
     names = [data_config.name, test.name]
+    out = data_config.copy_and_resolve_references()
+    with out.unlocked():
+        out.test.align = "no"  # decided here, once
     if any(n in NEEDS_NO_DOWNLOAD for n in names) or not all(fb.CONFIG_NAME.match(c) for c in configs):
-        return data_config
+        return out
     if all(c.startswith("aligned_") for c in configs):
-        return data_config
+        return out
     from idfer_jax.data import alignment
     from idfer_jax.train.writers import announce
 
@@ -444,11 +450,10 @@ def cross_dataset_framing(data_config):
         announce("Cross-dataset run with unaligned crops: the [align] extra (dlib) is not installed, so "
                  f"{names[0]}/{configs[0]} and {names[1]}/{configs[1]} keep their own framing. "
                  'pip install -e ".[align]" aligns both to one template.')
-        return data_config
+        return out
     aligned = fb.config_name(int(data_config.image_size), True)
     announce(f"Cross-dataset run: both sides aligned to one template ({names[0]}/{aligned} -> "
              f"{names[1]}/{aligned}); --config.data.test.align=no keeps {configs[0]} / {configs[1]}.")
-    out = data_config.copy_and_resolve_references()
     with out.unlocked():
         out.config = aligned
         out.test.config = aligned
@@ -518,9 +523,12 @@ def open_dataset(data_config) -> Dataset:
     # image_folder applies class_map to its labels while preparing (its classes are class_names already).
     # An added training set may lack some of the run's classes (JAFFE has no contempt): the main set
     # must have them all.
-    lookups = [class_lookup(c, run_classes, {} if _maps_own_classes(b) else class_map, n,
+    maps = [class_map] * num_sets
+    if test_config is not None:  # a test set may map its own labels (test.class_map)
+        maps.append(parse_class_map(test_config.get("class_map")))
+    lookups = [class_lookup(c, run_classes, {} if _maps_own_classes(b) else m, n,
                             allow_missing=0 < i < num_sets)
-               for i, (b, c, n) in enumerate(zip(builders, dataset_classes, names, strict=True))]
+               for i, (b, c, n, m) in enumerate(zip(builders, dataset_classes, names, maps, strict=True))]
 
     # (builder index, split): the training sets' train splits, then the test part if the split is given.
     splits = [(i, "train") for i in range(num_sets)]
@@ -547,9 +555,9 @@ def open_dataset(data_config) -> Dataset:
         # share its subject numbering), and their names carry the dataset's, so no two sets share one.
         offset = 0
         if b != 0:
-            if b < num_sets:  # an added training set: "jaffe/48px:KA" (or its id where it has no names)
+            if b < num_sets:  # an added training set: "jaffe:KA" (or its id where it has no names)
                 part_labels["subject_name"] = np.asarray(
-                    [f"{names[b]}:{(n.decode() if isinstance(n, bytes) else str(n)) or s}"
+                    [f"{train_configs[b].name}:{(n.decode() if isinstance(n, bytes) else str(n)) or s}"
                      for n, s in zip(part_labels["subject_name"], part_labels["subject"], strict=True)],
                     dtype=object)
             offset = max(int(c["subject"].max(initial=-1)) for c in columns) + 1

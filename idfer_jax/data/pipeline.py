@@ -28,6 +28,7 @@ from idfer_jax.data.datasets import (  # noqa: F401
     DATASET_MODULES,
     Dataset,
     DataSpec,
+    cross_dataset_framing,
     load_builder,
     open_dataset,
 )

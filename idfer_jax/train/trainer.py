@@ -141,6 +141,9 @@ class Trainer:
     def __init__(self, config, build_method: BuildMethod, devices=None):
         # Every value a run reads, before any data is prepared (ConfigError naming the key otherwise).
         configuration.validate(config, recipes=False)  # the API / CLI checked the recipe's part
+        # A cross-dataset run's framing is decided once and saved with the config (see the function).
+        config = config.copy_and_resolve_references()
+        config.data = pipeline.cross_dataset_framing(config.data)
         self.config = config
         # Before the mesh: preparing synthetic data forks render workers, best done before XLA
         # starts its threads.

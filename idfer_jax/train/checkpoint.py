@@ -14,7 +14,8 @@ newest one, and only if the config is the one that made it, except for these key
   so an extended run is not bit-identical to one started with the larger budget;
 - `train.log_every`, `train.checkpoint_every`, `train.keep_checkpoints`, `train.async_checkpoints`;
 - everything under `eval.` (evaluation never changes the trained state);
-- where the data lives: `data.data_dir`, `data.manual_dir`, `data.test.manual_dir`.
+- where the data lives: `data.data_dir`, `data.manual_dir`, `data.test.manual_dir`;
+- `data.test.align`, which only decides `data.config` / `data.test.config` (those are compared).
 
 Every other change (learning rate, optimizer, schedule, model, method, seed, dtype, adversary, the data,
 its split or its pipeline: batch size, augmentation, worker count...) would continue a run under settings
@@ -62,6 +63,9 @@ RESUMABLE_KEYS: tuple[str, ...] = (
     "data.data_dir",
     "data.manual_dir",
     "data.test.manual_dir",
+    # 'auto' is resolved into data.config / data.test.config before a run saves its config; those are
+    # compared, so the switch itself may read 'auto' in a run saved before it was resolved.
+    "data.test.align",
 )
 CORRUPT_DIR = "corrupt_checkpoints"  # beside checkpoints/, outside orbax's view
 

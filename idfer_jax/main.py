@@ -249,7 +249,7 @@ def _main(argv: list[str]) -> None:
 
 def _run_command(command: str, config, workdir: str) -> None:
     from idfer_jax import api
-    from idfer_jax.train.writers import announce  # process 0 speaks for a multi-host run
+    from idfer_jax.console import announce  # process 0 speaks for a multi-host run
 
     if command == "train":
         api.train(config, workdir, restart=_RESTART.value)
@@ -293,6 +293,10 @@ def _ctrl_c_raises() -> None:
 
 def run() -> None:
     """Console-script entry point."""
+    # Before JAX starts its CPU backend, which reads XLA_FLAGS once (see idfer_jax.xla_cpu).
+    from idfer_jax.xla_cpu import use_fast_cpu_kernels
+
+    use_fast_cpu_kernels()
     atexit.register(_keep_the_exit_code)
     previous = signal.getsignal(signal.SIGINT)
     if previous is signal.default_int_handler:  # not when the shell has us ignore it (a background job)

@@ -17,7 +17,7 @@ import json
 import os
 import sys
 
-from idfer_jax import eval as E
+from idfer_jax import evaluation as E
 
 
 def main(workdirs: list[str]) -> str:

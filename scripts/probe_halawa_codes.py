@@ -17,7 +17,7 @@ import numpy as np
 from absl import app
 from ml_collections import config_flags
 
-from idfer_jax import eval as E
+from idfer_jax import evaluation as E
 from idfer_jax import methods
 from idfer_jax.train.crossval import fold_config
 from idfer_jax.train.evaluate import collect_outputs

@@ -7,6 +7,11 @@ import pathlib
 
 import pytest
 
+from idfer_jax.xla_cpu import use_fast_cpu_kernels
+
+# As the `idfer` command does, before any test starts JAX (subprocesses inherit the environment).
+use_fast_cpu_kernels()
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
@@ -49,5 +54,7 @@ def subprocess_env(compilation_cache: str, **extra: str) -> dict:
     env["JAX_COMPILATION_CACHE_DIR"] = compilation_cache
     env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    if "XLA_FLAGS" in extra:  # added to this process's flags (the fast CPU kernels), not instead of them
+        extra = {**extra, "XLA_FLAGS": f"{env.get('XLA_FLAGS', '')} {extra['XLA_FLAGS']}".strip()}
     env.update(extra)
     return env

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from idfer_jax import config_defaults
-from idfer_jax import eval as E
+from idfer_jax import evaluation as E
 from idfer_jax.data import datasets
 from idfer_jax.data import face_builder as fb
 from idfer_jax.data.errors import DataError

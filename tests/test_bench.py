@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from idfer_jax import api
+from idfer_jax import api, methods
 from idfer_jax.bench import run as bench
 from idfer_jax.data.pipeline import DataSpec
 from idfer_jax.methods import baseline
@@ -62,6 +62,7 @@ def test_cpu_max_pool_matches_flax_values_and_gradients():
                                   jax.grad(lambda x: jnp.sum(theirs(x) ** 3))(x))
 
 
+@pytest.mark.slow
 def test_pytorch_reference_is_the_same_network_as_the_baseline(smoke_config):
     torch = pytest.importorskip("torch", reason="the PyTorch reference needs `pip install torch==2.13.0`")
     from idfer_jax.bench import torch_reference
@@ -109,9 +110,7 @@ def test_bench_measures_each_recipe_and_the_pytorch_reference(smoke_config, tmp_
     for r in rows:
         assert r["images_per_s"] > 0 and r["compile_s"] > 0 and r["batch_size"] == 32
         assert r["image_size"] == 48
-    # Halawa's step (adversary + decoder) is dearer than the baseline's, and both compile before running.
     by = {(r["framework"], r["recipe"], r["input"]): r for r in rows}
-    assert by["jax", "halawa", "memory"]["step_s"] > by["jax", "baseline", "memory"]["step_s"]
     assert result["ratios"]["float32"] == pytest.approx(
         by["jax", "baseline", "memory"]["images_per_s"] / by["pytorch", "baseline", "memory"]["images_per_s"])
     saved = json.load(open(tmp_path / "bench.json"))
@@ -129,6 +128,6 @@ def test_bench_rejects_what_it_cannot_measure(smoke_config):
     with pytest.raises(bench.BenchError, match="<recipe>_<dataset>"):
         bench.recipe_configs("/tmp/my_config.py", smoke_config, "all")
     siblings = bench.recipe_configs(SMOKE, smoke_config, "all")
-    assert [c.method for c in siblings] == list(bench.RECIPES)
+    assert [c.method for c in siblings] == list(methods.BUILT_IN)
     assert {c.data.data_dir for c in siblings} == {smoke_config.data.data_dir}
     assert {c.train.batch_size for c in siblings} == {smoke_config.train.batch_size}

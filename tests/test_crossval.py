@@ -16,6 +16,7 @@ from tests.conftest import REPO, subprocess_env
 from tests.test_datasets import PATTERN, write_folder
 
 
+@pytest.mark.slow
 def test_crossval_learns_on_every_fold_and_pools_the_results(smoke_config, tmp_path):
     config = smoke_config
     config.data.num_folds = 2
@@ -46,6 +47,7 @@ def test_crossval_learns_on_every_fold_and_pools_the_results(smoke_config, tmp_p
     assert sorted(s for f in folds for s in f) == list(range(24))
 
 
+@pytest.mark.slow
 def test_crossval_cli_loso_resumes_fold_by_fold(tmp_path, compilation_cache):
     root = write_folder(tmp_path / "raw", subjects=("S01", "S02", "S03"))
     workdir = tmp_path / "cv"
@@ -103,7 +105,7 @@ def _fold_result(fold, accuracy, bands, yaw_r2):
 
 
 def test_summary_averages_yaw_bands_over_the_folds_that_cover_them_and_tables_compare():
-    from idfer_jax import eval as E
+    from idfer_jax import evaluation as E
     from idfer_jax.train import crossval as crossval_lib
 
     summary = crossval_lib.summarise([

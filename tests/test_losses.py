@@ -8,7 +8,6 @@ import pytest
 
 from idfer_jax import losses
 from idfer_jax.losses import (
-    ConstantWeighting,
     ConstrainedUncertaintyWeighting,
     LossRatioWeighting,
     UncertaintyWeighting,
@@ -148,30 +147,26 @@ def test_masked_mean_ignores_nan_in_masked_examples():
 
 
 def test_regression_and_gan_terms():
-    outputs = {
-        "rec": jnp.array([1.0, 2.0, 4.0]),
-        "d_real": jnp.array([1.0, 0.0]),
-        "d_fake": jnp.array([0.5, -0.5]),
-    }
-    batch = {"image": jnp.array([0.0, 2.0, 1.0])}
-    assert float(losses.l1("rec", "image")(outputs, batch)) == pytest.approx(4.0 / 3)
-    assert float(losses.mse("rec", "image")(outputs, batch)) == pytest.approx(10.0 / 3)
+    rec, image = jnp.array([1.0, 2.0, 4.0]), jnp.array([0.0, 2.0, 1.0])
+    assert float(losses.l1(rec, image)) == pytest.approx(4.0 / 3)
+    assert float(losses.mse(rec, image)) == pytest.approx(10.0 / 3)
+    d_real, d_fake = jnp.array([1.0, 0.0]), jnp.array([0.5, -0.5])
     # 0.5 * [mean(0, 1) + mean(0.25, 0.25)] = 0.5 * (0.5 + 0.25)
-    d_loss = losses.lsgan_discriminator("d_real", "d_fake")(outputs, batch)
-    assert float(d_loss) == pytest.approx(0.375)
+    assert float(losses.lsgan_discriminator(d_real, d_fake)) == pytest.approx(0.375)
     # mean(0.25, 2.25)
-    assert float(losses.lsgan_generator("d_fake")(outputs, batch)) == pytest.approx(1.25)
+    assert float(losses.lsgan_generator(d_fake)) == pytest.approx(1.25)
+    # Same direction 0, orthogonal 1, opposite 2, whatever the lengths.
+    a = jnp.array([[1.0, 0.0], [1.0, 0.0], [3.0, 0.0]])
+    b = jnp.array([[2.0, 0.0], [0.0, 5.0], [-1.0, 0.0]])
+    np.testing.assert_allclose(losses.cosine_distance(a, b), [0.0, 1.0, 2.0], atol=1e-6)
 
 
-def test_evaluate_terms_and_missing_key_error():
-    terms = {"exp": losses.cross_entropy(), "rec": losses.l1("rec", "image")}
-    outputs = {"logits": LOGITS, "rec": jnp.zeros(3)}
-    batch = {"expression": LABELS, "image": jnp.ones(3)}
-    values = losses.evaluate_terms(terms, outputs, batch)
-    assert set(values) == {"exp", "rec"}
-    assert float(values["rec"]) == pytest.approx(1.0)
+def test_named_cross_entropy_term_and_missing_key_error():
+    term = losses.cross_entropy()
+    value = term({"logits": LOGITS}, {"expression": LABELS})
+    assert float(value) == pytest.approx(float(losses.softmax_cross_entropy(LOGITS, LABELS)))
     with pytest.raises(KeyError, match=r"expression.*has keys \['image'\]"):
-        losses.cross_entropy()({"logits": LOGITS}, {"image": jnp.ones(3)})
+        term({"logits": LOGITS}, {"image": jnp.ones(3)})
 
 
 # --- combinators --------------------------------------------------------------------------------
@@ -282,7 +277,7 @@ def test_combinators_work_under_jit():
 def test_make_combinator_policies_and_errors():
     names = ["exp", "id"]
     assert isinstance(make_combinator("constant", names), WeightedSum)
-    assert make_combinator("constant", names) == ConstantWeighting()
+    assert make_combinator("constant", names) == WeightedSum()
     ws = make_combinator("weighted_sum", names, weights={"id": 0.5})
     assert ws.weights == {"id": 0.5}
     unc = make_combinator("uncertainty", names)
@@ -300,15 +295,17 @@ def test_make_combinator_policies_and_errors():
 
 
 def test_weighting_params_are_excluded_from_weight_decay():
+    from idfer_jax.train.optim import decay_mask
+
     comb = UncertaintyWeighting(("exp", "id"), init_log_var=1.0)
-    params = {"backbone": {"kernel": jnp.ones((2,))}, losses.WEIGHTING_PARAM_KEY: comb.init()}
-    mask = losses.weight_decay_mask(params)
+    params = {"backbone": {"kernel": jnp.ones((2, 2))}, losses.WEIGHTING_PARAM_KEY: comb.init()}
+    mask = decay_mask(params)
     assert mask == {"backbone": {"kernel": True}, "loss_weights": {"exp": False, "id": False}}
-    tx = optax.adamw(learning_rate=0.1, weight_decay=0.5, mask=losses.weight_decay_mask)
+    tx = optax.adamw(learning_rate=0.1, weight_decay=0.5, mask=decay_mask)
     zero_grads = jax.tree_util.tree_map(jnp.zeros_like, params)
     updates, _ = tx.update(zero_grads, tx.init(params), params)
     new = optax.apply_updates(params, updates)
-    assert float(new["backbone"]["kernel"][0]) < 1.0  # decayed
+    assert float(new["backbone"]["kernel"][0, 0]) < 1.0  # decayed
     assert float(new["loss_weights"]["exp"]) == 1.0  # untouched
     assert losses.is_weighting_param(("loss_weights", "exp"))
     assert not losses.is_weighting_param(("backbone", "kernel"))

@@ -78,6 +78,7 @@ def test_tiny_forward_train_updates_batch_stats_and_eval_uses_them(tiny):
     )
 
 
+@pytest.mark.slow
 def test_residual_branches_start_as_identity(tiny):
     params = tiny[1]["params"]
     for i in (1, 2, 3):
@@ -107,7 +108,7 @@ def test_batch_stats_only_for_batch_norm(norm, has_stats):
     assert out.shape == (2, 48)
 
 
-@pytest.mark.parametrize("norm", ["group", "instance", "layer"])
+@pytest.mark.parametrize("norm", [pytest.param("group", marks=pytest.mark.slow), "instance", "layer"])
 def test_stateless_norms_run_in_train_mode_without_mutable(norm):
     model = ResNet(stage_sizes=(1, 1), widths=(8, 48), stem="small", norm=norm)
     x = _images(2, 8)
@@ -139,6 +140,7 @@ def test_bfloat16_computes_in_bf16_with_float32_params_and_output(tiny):
     )
 
 
+@pytest.mark.slow
 def test_resnet18_single_forward_64px():
     model = build_backbone("resnet18")
     x = _images(1, 64)

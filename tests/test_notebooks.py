@@ -119,9 +119,11 @@ def test_compose_your_own_method_notebook_executes(smoke_data_dir, compilation_c
     assert table.strip() in _text(notebook)  # displayed, not only written
     mine = json.loads((workdir / "fused_grl" / "eval_results.json").read_text())
     assert mine["method"] == "fused_grl" and mine["checkpoint_step"] == 300
-    # It learned: 0.244 measured at 300 steps (seeds 1 and 2: 0.259, 0.280); the baseline reaches 0.226.
+    # It learned: held-out accuracy above chance by a margin, and its probe numbers are in the table.
     assert mine["accuracy"] > EXPRESSION_CHANCE + 0.04, mine["accuracy"]
-    assert 0.0 <= mine["identity_leakage"]["linear_acc"] <= 1.0
+    identity = mine["identity_leakage"]
+    assert f"{identity['linear_acc']:.3f}" in table and identity["chance"] == pytest.approx(
+        1 / mine["num_test_subjects"])
 
 
 @pytest.mark.slow

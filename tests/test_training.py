@@ -39,7 +39,7 @@ def test_cli_trains_a_baseline_that_learns_and_writes_the_report(
 
     logs = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
     assert logs[-1]["step"] == 800
-    assert logs[-1]["loss"] < 0.7 * logs[0]["loss"], logs  # the loss fell
+    assert logs[-1]["model/loss"] < 0.7 * logs[0]["model/loss"], logs  # the loss fell
     assert os.listdir(os.path.join(workdir, "tensorboard"))
 
     evaluate = idfer("evaluate", *common, env=env)
@@ -51,9 +51,10 @@ def test_cli_trains_a_baseline_that_learns_and_writes_the_report(
     assert results["num_test_subjects"] == len(folds["test_subjects"][0])
     assert results["accuracy"] > 2.5 * chance, results["accuracy"]
     identity = results["identity_leakage"]
-    assert 0 <= identity["linear_acc"] <= 1 and identity["chance"] == pytest.approx(
-        1 / results["num_test_subjects"]
-    )
+    # The baseline's expression features carry identity (what the disentangling recipes remove): a probe
+    # tells the held-out subjects apart well above chance.
+    assert identity["chance"] == pytest.approx(1 / results["num_test_subjects"])
+    assert identity["linear_acc"] > 2 * identity["chance"], identity
     assert "yaw_r2" in results["pose_leakage"] and "pitch_r2" in results["pose_leakage"]
     report = open(os.path.join(workdir, "report.md")).read()
     for needle in ("Expression accuracy", "Confusion matrix", "Leakage", "chance", "yaw"):
@@ -83,6 +84,7 @@ def _short(config, steps: int = 10):
     return config
 
 
+@pytest.mark.slow
 def test_kill_and_resume_ends_exactly_where_an_uninterrupted_run_ends(smoke_config, tmp_path):
     config = _short(smoke_config)
     straight = api.train(config, str(tmp_path / "straight"))
@@ -161,8 +163,8 @@ leaves = {str(i): np.asarray(x) for i, x in enumerate(jax.tree.leaves(p8))}
 np.savez(os.path.join(out, "params8.npz"), **leaves)
 bn8, bn1 = jax.device_get(on8.state.model_state), jax.device_get(on1.state.model_state)
 json.dump({"max_abs_diff": max_diff(p8, p1), "batch_stats_diff": max_diff(bn8, bn1),
-           "first_loss": on8.first_metrics["loss"],
-           "last_loss": on8.last_metrics["loss"]}, open(os.path.join(out, "result.json"), "w"))
+           "first_loss": on8.first_metrics["model/loss"],
+           "last_loss": on8.last_metrics["model/loss"]}, open(os.path.join(out, "result.json"), "w"))
 """
 
 
@@ -260,13 +262,14 @@ def run_on_two_hosts(*args: str, compilation_cache: str) -> list[subprocess.Comp
     return results
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_keeps_float32_params_and_trains(smoke_config, tmp_path):
     config = _short(smoke_config, steps=6)
     config.dtype = "bfloat16"
     result = api.train(config, str(tmp_path))
     dtypes = {leaf.dtype for leaf in jax.tree.leaves(result.state.params)}
     assert dtypes == {np.dtype("float32")}
-    assert np.isfinite(result.last_metrics["loss"])
+    assert np.isfinite(result.last_metrics["model/loss"])
     # Inference in bf16 still returns float32 logits and features.
     from idfer_jax import methods
 

@@ -19,16 +19,15 @@ import jax
 from idfer_jax import methods
 from idfer_jax.bench import throughput
 from idfer_jax.configuration import DTYPES, load_config_file
+from idfer_jax.console import announce
 from idfer_jax.errors import UserError
 from idfer_jax.train import trainer as trainer_lib
-from idfer_jax.train.writers import announce
 
 
 class BenchError(UserError, ValueError):
     """A bench option that cannot be measured as given; the message says what to pass."""
 
 
-RECIPES = tuple(methods.METHODS)  # the recipe registry, in its order
 # What the recipes' sibling configs take from the benched config, so all run on the same data and batch.
 SHARED_KEYS = ("seed", "train.batch_size", "data.data_dir", "data.manual_dir", "data.config",
                "data.image_size", "data.worker_count")
@@ -40,14 +39,16 @@ def recipe_configs(config_spec: str, config, recipes: str) -> list:
     CONFIG's data, batch and seed."""
     if recipes in ("", "own"):
         return [config]
-    names = RECIPES if recipes == "all" else tuple(r.strip() for r in recipes.split(",") if r.strip())
-    unknown = sorted(set(names) - set(RECIPES))
+    known = tuple(methods.METHODS)  # the registry, registered recipes too
+    listed = tuple(r.strip() for r in recipes.split(",") if r.strip())
+    names = methods.BUILT_IN if recipes == "all" else listed
+    unknown = sorted(set(names) - set(known))
     if unknown:
-        raise BenchError(f"Unknown recipes {unknown} for --recipes; use own, all or some of {RECIPES}.")
+        raise BenchError(f"Unknown recipes {unknown} for --recipes; use own, all or some of {known}.")
     path, _, arg = config_spec.partition(":")
     directory, filename = os.path.split(path)
     method, sep, suffix = filename.partition("_")
-    if not sep or method not in RECIPES:
+    if not sep or method not in methods.METHODS:
         raise BenchError(f"--recipes needs a config named <recipe>_<dataset>.py to find its siblings; got "
                          f"{filename!r}. Use --recipes=own, or a config from configs/.")
     configs = []

@@ -443,8 +443,8 @@ def cross_dataset_framing(data_config):
         return out
     if all(c.startswith("aligned_") for c in configs):
         return out
+    from idfer_jax.console import announce
     from idfer_jax.data import alignment
-    from idfer_jax.train.writers import announce
 
     if not alignment.available():
         announce("Cross-dataset run with unaligned crops: the [align] extra (dlib) is not installed, so "

@@ -144,6 +144,48 @@ class Decode(grain.transforms.Map):
         return example
 
 
+# Where each optional batch key comes from, for the error when a method reads one the run does not give.
+BATCH_KEY_SWITCHES = {
+    "neutral_image": "--config.data.with_neutral=True (on a dataset that renders neutral faces)",
+    "partner_image": "--config.data.partner=other_expression or =neutral",
+    "partner_expression": "--config.data.partner=other_expression or =neutral",
+    "partner_mask": "--config.data.partner=other_expression or =neutral",
+    "yaw": "a dataset with yaw labels (synthetic_faces, or a manifest with a yaw column)",
+    "pitch": "a dataset with pitch labels",
+    "roll": "a dataset with roll labels",
+}
+
+
+def example_batch(spec: DataSpec, data_config, size: int = 2) -> dict[str, np.ndarray]:
+    """Zeros of every key, shape and dtype a training batch of this run carries (`Decode`), for
+    initialising a method and checking what it reads (`Method.batch_keys`) before any data is decoded."""
+    h, w, c = spec.image_shape
+    image = np.zeros((size, h, w, c), np.float32)
+    labels = np.zeros((size,), np.int32)
+    batch = {"image": image, "expression": labels, "subject": labels}
+    for k in spec.pose_keys:
+        batch[k] = np.zeros((size,), np.float32)
+    if spec.has_neutral and data_config.get("with_neutral"):
+        batch["neutral_image"] = image
+    if data_config.get("partner"):
+        batch.update(partner_image=image, partner_expression=labels,
+                     partner_mask=np.zeros((size,), np.float32))
+    return batch
+
+
+def check_batch_keys(method_name: str, batch_keys: Sequence[str], spec: DataSpec, data_config) -> None:
+    """DataError naming the switch that provides each batch key `method_name` reads and this run lacks."""
+    given = example_batch(spec, data_config)
+    missing = [k for k in batch_keys if k not in given]
+    if missing:
+        fixes = "; ".join(f"{k}: {BATCH_KEY_SWITCHES.get(k, 'no dataset switch provides it')}"
+                          for k in missing)
+        raise DataError(
+            f"{method_name} reads {missing} from each training batch, which this run's data does not "
+            f"provide (it gives {sorted(given)}). To provide them: {fixes}."
+        )
+
+
 _LUMA = np.asarray([0.299, 0.587, 0.114], np.float32)
 
 

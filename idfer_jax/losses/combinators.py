@@ -17,8 +17,7 @@ stores them in its parameter pytree under the top-level key ``WEIGHTING_PARAM_KE
     params = {'backbone': ..., 'head': ..., 'loss_weights': combinator.init()}
 
 They must NOT be weight-decayed: decay pulls every log-variance to 0 (weight 0.5) whatever the
-losses say. ``weight_decay_mask(params)`` gives the mask for ``optax.add_decayed_weights`` /
-``optax.adamw`` (``mask=weight_decay_mask``), and ``is_weighting_param(path)`` tests one key path.
+losses say. ``is_weighting_param(path)`` tests one key path; ``train.optim.decay_mask`` uses it.
 """
 
 from __future__ import annotations
@@ -34,14 +33,12 @@ __all__ = [
     "POLICIES",
     "WEIGHTING_PARAM_KEY",
     "Combinator",
-    "ConstantWeighting",
     "ConstrainedUncertaintyWeighting",
     "LossRatioWeighting",
     "UncertaintyWeighting",
     "WeightedSum",
     "is_weighting_param",
     "make_combinator",
-    "weight_decay_mask",
 ]
 
 WEIGHTING_PARAM_KEY = "loss_weights"
@@ -78,16 +75,6 @@ def _key_name(entry: Any) -> Any:
 def is_weighting_param(path: Sequence[Any]) -> bool:
     """True if a parameter's key path (jax key-path entries or strings) is under 'loss_weights'."""
     return any(_key_name(entry) == WEIGHTING_PARAM_KEY for entry in path)
-
-
-def weight_decay_mask(params: Any) -> Any:
-    """Pytree of bools like ``params``: False for learned loss weights, True everywhere else.
-
-    Pass it (or this function itself) as ``mask=`` to ``optax.add_decayed_weights`` or
-    ``optax.adamw``.
-    Excluding norm scales and biases as well is the optimizer's business, not this module's.
-    """
-    return jax.tree_util.tree_map_with_path(lambda path, _: not is_weighting_param(path), params)
 
 
 def _check_names(combinator: str, expected: Sequence[str], losses: Mapping[str, Any]) -> None:
@@ -161,8 +148,6 @@ class WeightedSum:
         return total, metrics
 
 
-# IDEnNet's default ``constant`` policy: ``ConstantWeighting()`` gives every loss weight 1.
-ConstantWeighting = WeightedSum
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,7 +164,7 @@ class UncertaintyWeighting:
     expected.
 
     Params: ``{name: float32 scalar s_i}``, to be stored under ``params['loss_weights']`` and
-    excluded from weight decay (see the module docstring and ``weight_decay_mask``).
+    excluded from weight decay (see the module docstring and ``train.optim.decay_mask``).
     """
 
     names: Sequence[str]
@@ -304,7 +289,7 @@ def make_combinator(policy: str, names: Sequence[str], **kwargs: Any) -> Combina
 
     if policy == "constant":
         reject_unknown(())
-        return ConstantWeighting()
+        return WeightedSum()  # every weight 1
     if policy == "weighted_sum":
         reject_unknown(("weights",))
         weights = dict(kwargs.get("weights", {}))

@@ -1,9 +1,8 @@
-"""Loss terms: small functions with one shared signature, so methods can list and combine them.
-
-A *loss term* is any callable ``term(outputs, batch) -> scalar``, where ``outputs`` is the dict a
-method's model returns (logits, reconstructions, discriminator scores, ...) and ``batch`` the input
-batch (labels, masks, target images, ...). The factories below build terms from plain array losses,
-which are exported too, for use in a notebook or inside a custom term.
+"""Every loss term the recipes use, by name: array losses (``l1``, ``mse``, ``cosine_distance``, the LSGAN
+pair, ``softmax_cross_entropy``) and the one named term a recipe builds from its config,
+``cross_entropy(logits_key, label_key)`` -> ``term(outputs, batch)``. A recipe computes its terms into a
+``{name: scalar}`` dict and adds them with a combinator (``losses.combinators``); adversaries reverse
+gradients with ``losses.gradient_reversal``.
 
 Every loss is computed in float32 whatever the model's computation dtype.
 """
@@ -18,17 +17,13 @@ import optax
 
 __all__ = [
     "LossTerm",
+    "cosine_distance",
     "cross_entropy",
-    "evaluate_terms",
     "l1",
-    "l1_loss",
     "lsgan_discriminator",
-    "lsgan_discriminator_loss",
     "lsgan_generator",
-    "lsgan_generator_loss",
     "masked_mean",
     "mse",
-    "mse_loss",
     "softmax_cross_entropy",
 ]
 
@@ -80,17 +75,17 @@ def softmax_cross_entropy(
     return masked_mean(per_example, mask)
 
 
-def l1_loss(pred: jax.Array, target: jax.Array) -> jax.Array:
+def l1(pred: jax.Array, target: jax.Array) -> jax.Array:
     """Mean absolute error over all elements, float32."""
     return jnp.mean(jnp.abs(pred.astype(jnp.float32) - target.astype(jnp.float32)))
 
 
-def mse_loss(pred: jax.Array, target: jax.Array) -> jax.Array:
+def mse(pred: jax.Array, target: jax.Array) -> jax.Array:
     """Mean squared error over all elements, float32."""
     return jnp.mean(jnp.square(pred.astype(jnp.float32) - target.astype(jnp.float32)))
 
 
-def lsgan_discriminator_loss(d_real: jax.Array, d_fake: jax.Array) -> jax.Array:
+def lsgan_discriminator(d_real: jax.Array, d_fake: jax.Array) -> jax.Array:
     """Least-squares GAN discriminator loss ``0.5 * [mean((D(real) - 1)^2) + mean(D(fake)^2)]``.
 
     ``d_real`` / ``d_fake`` are raw discriminator scores (no sigmoid), e.g. PatchGAN maps. The
@@ -101,12 +96,20 @@ def lsgan_discriminator_loss(d_real: jax.Array, d_fake: jax.Array) -> jax.Array:
     return 0.5 * (jnp.mean(jnp.square(d_real - 1.0)) + jnp.mean(jnp.square(d_fake)))
 
 
-def lsgan_generator_loss(d_fake: jax.Array) -> jax.Array:
+def lsgan_generator(d_fake: jax.Array) -> jax.Array:
     """Least-squares GAN generator loss ``mean((D(fake) - 1)^2)``."""
     return jnp.mean(jnp.square(d_fake.astype(jnp.float32) - 1.0))
 
 
-# --- term factories -----------------------------------------------------------------------------
+def cosine_distance(a: jax.Array, b: jax.Array) -> jax.Array:
+    """Per-example ``1 - cos(a, b)`` of (N, D) embeddings, in [0, 2] (normalised here, so any vectors
+    work): the identity-preservation term of the generative recipes."""
+    a = a / (jnp.linalg.norm(a, axis=-1, keepdims=True) + 1e-8)
+    b = b / (jnp.linalg.norm(b, axis=-1, keepdims=True) + 1e-8)
+    return 1.0 - jnp.sum(a * b, axis=-1)
+
+
+# --- named terms -----------------------------------------------------------------------------
 
 
 def _get(source: Mapping[str, jax.Array], key: str, where: str, term: str) -> jax.Array:
@@ -146,60 +149,3 @@ def cross_entropy(
         return softmax_cross_entropy(logits, labels, label_smoothing=label_smoothing, mask=mask)
 
     return _named(term, name)
-
-
-def l1(pred_key: str, target_key: str) -> LossTerm:
-    """Term: mean absolute error between ``outputs[pred_key]`` and ``batch[target_key]``."""
-    name = f"l1({pred_key}, {target_key})"
-
-    def term(outputs: Mapping[str, jax.Array], batch: Mapping[str, jax.Array]) -> jax.Array:
-        return l1_loss(
-            _get(outputs, pred_key, "outputs", name), _get(batch, target_key, "batch", name)
-        )
-
-    return _named(term, name)
-
-
-def mse(pred_key: str, target_key: str) -> LossTerm:
-    """Term: mean squared error between ``outputs[pred_key]`` and ``batch[target_key]``."""
-    name = f"mse({pred_key}, {target_key})"
-
-    def term(outputs: Mapping[str, jax.Array], batch: Mapping[str, jax.Array]) -> jax.Array:
-        return mse_loss(
-            _get(outputs, pred_key, "outputs", name), _get(batch, target_key, "batch", name)
-        )
-
-    return _named(term, name)
-
-
-def lsgan_discriminator(real_key: str, fake_key: str) -> LossTerm:
-    """Term: LSGAN discriminator loss on scores ``outputs[real_key]`` and ``outputs[fake_key]``."""
-    name = f"lsgan_discriminator({real_key}, {fake_key})"
-
-    def term(outputs: Mapping[str, jax.Array], batch: Mapping[str, jax.Array]) -> jax.Array:
-        del batch
-        return lsgan_discriminator_loss(
-            _get(outputs, real_key, "outputs", name), _get(outputs, fake_key, "outputs", name)
-        )
-
-    return _named(term, name)
-
-
-def lsgan_generator(fake_key: str) -> LossTerm:
-    """Term: LSGAN generator loss on discriminator scores ``outputs[fake_key]``."""
-    name = f"lsgan_generator({fake_key})"
-
-    def term(outputs: Mapping[str, jax.Array], batch: Mapping[str, jax.Array]) -> jax.Array:
-        del batch
-        return lsgan_generator_loss(_get(outputs, fake_key, "outputs", name))
-
-    return _named(term, name)
-
-
-def evaluate_terms(
-    terms: Mapping[str, LossTerm],
-    outputs: Mapping[str, jax.Array],
-    batch: Mapping[str, jax.Array],
-) -> dict[str, jax.Array]:
-    """Applies every term to ``(outputs, batch)``; returns ``{name: scalar}`` for a combinator."""
-    return {name: term(outputs, batch) for name, term in terms.items()}

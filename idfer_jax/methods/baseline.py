@@ -58,4 +58,4 @@ def build(config, data_spec: DataSpec) -> Method:
         loss = cross_entropy(outputs, batch)
         return loss, {"accuracy": common.accuracy(outputs["logits"], batch["expression"])}
 
-    return common.build_recipe("baseline", model, objective, config, data_spec, description=__doc__)
+    return common.build_recipe("baseline", model, objective, config, data_spec)

@@ -82,7 +82,7 @@ def apply_for_training(model: nn.Module, params: dict, model_state: dict, images
 def build_recipe(name: str, model: nn.Module, objective: Objective, config, data_spec: DataSpec, *,
                  weighting=None, batch_keys: tuple[str, ...] = ("image", "expression"),
                  adversaries: Sequence[adv.Adversary] = (), adversary_call: Mapping | None = None,
-                 description: str = "") -> Method:
+                 evaluations: tuple[str, ...] = ()) -> Method:
     """The Method of a recipe: its model, trained on `objective` (and its learned loss weights, if
     `weighting` has any) with the optimizer of `config.optimizer`.
 
@@ -91,7 +91,8 @@ def build_recipe(name: str, model: nn.Module, objective: Objective, config, data
     `outputs['features']`. With any adversary, an `adversary` player (its own optimizer state) updates
     first in each step, then the `model` player. Inference ignores loss weights and adversaries.
     `adversary_call` are keyword arguments of the model's `__call__` for the adversary player's
-    forward pass, which needs only the features (Halawa et al. skip the decoder there).
+    forward pass, which needs only the features (Halawa et al. skip the decoder there). `batch_keys`:
+    what `objective` reads from a batch; `evaluations`: see `train.interface`.
     """
     adversaries = (*adversaries, *adv.from_config(config, data_spec))
     num_steps = max(1, int(config.train.num_steps))
@@ -148,4 +149,4 @@ def build_recipe(name: str, model: nn.Module, objective: Objective, config, data
         )
         batch_keys = tuple(dict.fromkeys((*batch_keys, *(k for a in adversaries for k in a.batch_keys))))
     return Method(name=name, init=init, players=players, apply=apply,
-                  batch_keys=batch_keys, description=description)
+                  batch_keys=batch_keys, evaluations=evaluations)

@@ -35,14 +35,17 @@ import optax
 
 from idfer_jax import config_defaults, losses
 from idfer_jax.configuration import ConfigError
+from idfer_jax.console import announce
 from idfer_jax.data.pipeline import DataSpec
 from idfer_jax.methods import common
 from idfer_jax.methods import generative as gen
 from idfer_jax.models import FERSNet, PatchDiscriminator
 from idfer_jax.train.interface import FinishingStage, Method, Player
 from idfer_jax.train.optim import make_optimizer
-from idfer_jax.train.writers import announce
 
+# Its players are the GAN's (discriminator, generator), not `common.build_recipe`'s, so the generic
+# identity / pose adversaries of `config.adversary` are a ConfigError here (methods.check_config).
+GENERIC_ADVERSARIES = False
 LOSS_WEIGHTS = ("expression", "synthesis", "identity", "adversarial", "cycle")
 
 
@@ -130,14 +133,13 @@ def build(config, data_spec: DataSpec) -> Method:
                                     rng=cycle_rng)
         terms = {
             "expression": losses.softmax_cross_entropy(outputs["logits"], y_s),
-            "synthesis": losses.l1_loss(synthesis, x_t),
-            "identity": losses.mse_loss(gen.embed_identity(identity_net, model_state, synthesis),
+            "synthesis": losses.l1(synthesis, x_t),
+            "identity": losses.mse(gen.embed_identity(identity_net, model_state, synthesis),
                                         gen.embed_identity(identity_net, model_state, x_t)),
             "adversarial": gen.generator_adversarial_loss(discriminator, params, synthesis, onehot(y_t)),
-            "cycle": losses.mse_loss(cycled["synthesis"], x),
+            "cycle": losses.mse(cycled["synthesis"], x),
         }
-        loss = sum(w[k] * v for k, v in terms.items() if w[k] > 0)
-        metrics = {f"{k}_loss": v for k, v in terms.items()}
+        loss, metrics = losses.WeightedSum(w)({}, terms)  # metrics: loss/<term>, weight/<term>
         metrics["accuracy"] = common.accuracy(outputs["logits"], y_s)
         metrics["paired"] = jnp.mean(batch["partner_mask"])
         return loss, (state, metrics)
@@ -200,7 +202,7 @@ def build(config, data_spec: DataSpec) -> Method:
     return Method(
         name="fersnet", init=init, players=players, apply=apply,
         batch_keys=("image", "expression", "partner_image", "partner_expression", "partner_mask"),
-        description=__doc__, frozen_variables=gen.identity_loader(config),
+        frozen_variables=gen.identity_loader(config), evaluations=("expression_transfer",),
         generators={"transfer": transfer, "embed_identity": embed}, finishing_stage=finishing,
     )
 
@@ -243,7 +245,7 @@ def synthesise_to_balance(trainer, state, transfer, classification_loss, *, owns
         return to_global({k: v[i * n:(i + 1) * n] for k, v in batch.items()}, trainer.batch_sharding)
 
     variables = state.variables()
-    draw = jax.jit(transfer, out_shardings=trainer.replicated)
+    draw = trainer.jit(transfer, out_shardings=trainer.replicated)
     synthetic_images, synthetic_labels = [], []
     for lo in range(0, len(plan), batch_size):
         chunk = plan[lo:lo + batch_size]
@@ -268,7 +270,7 @@ def synthesise_to_balance(trainer, state, transfer, classification_loss, *, owns
         updates, opt_state = optimizer.update(grads, opt_state, own)
         return optax.apply_updates(own, updates), opt_state, new_state, loss
 
-    step_fn = jax.jit(step_fn, out_shardings=trainer.replicated)
+    step_fn = trainer.jit(step_fn, out_shardings=trainer.replicated)
     opt_state = optimizer.init(own)
     model_state = state.model_state
     half = batch_size // 2

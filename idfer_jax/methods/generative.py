@@ -113,13 +113,6 @@ def apply_model(model: nn.Module, params: Mapping, model_state: Mapping, *args, 
     return outputs, {**model_state, **new_state}
 
 
-def cosine_distance(a: jax.Array, b: jax.Array) -> jax.Array:
-    """Per-example 1 - cos(a, b) of embeddings (normalised here too, so any vectors work)."""
-    a = a / (jnp.linalg.norm(a, axis=-1, keepdims=True) + 1e-8)
-    b = b / (jnp.linalg.norm(b, axis=-1, keepdims=True) + 1e-8)
-    return 1.0 - jnp.sum(a * b, axis=-1)
-
-
 def discriminator_player(discriminator: nn.Module, make_examples, optimizer, steps: int) -> Player:
     """The LSGAN discriminator: `make_examples(params, model_state, batch, rng, step)` returns
     {'real', 'real_condition', 'fake', 'fake_condition'} once per step (the generator runs once); the
@@ -130,7 +123,7 @@ def discriminator_player(discriminator: nn.Module, make_examples, optimizer, ste
         d = {"params": params[DISCRIMINATOR]}
         d_real = discriminator.apply(d, batch["gan_real"], batch["gan_real_condition"])
         d_fake = discriminator.apply(d, batch["gan_fake"], batch["gan_fake_condition"])
-        loss = losses.lsgan_discriminator_loss(d_real, d_fake)
+        loss = losses.lsgan_discriminator(d_real, d_fake)
         metrics = {"d_real": jnp.mean(d_real), "d_fake": jnp.mean(d_fake)}
         return loss, (model_state, metrics)
 
@@ -145,7 +138,7 @@ def generator_adversarial_loss(discriminator: nn.Module, params: Mapping, fake, 
     """LSGAN generator term `(D(fake) - 1)^2`: gradients reach the generator, the discriminator's
     parameters are not this player's and stay put."""
     scores = discriminator.apply({"params": params[DISCRIMINATOR]}, fake, condition)
-    return losses.lsgan_generator_loss(scores)
+    return losses.lsgan_generator(scores)
 
 
 def no_condition(images) -> jax.Array:

@@ -147,7 +147,7 @@ def build(config, data_spec: DataSpec) -> Method:
                    "accuracy": common.accuracy(outputs["logits"], batch["expression"])}
         loss = expression
         if reconstruction_weight > 0:
-            reconstruction = losses.l1_loss(outputs["reconstruction"],
+            reconstruction = losses.l1(outputs["reconstruction"],
                                             reconstruction_target(batch["image"], downsample))
             metrics["reconstruction_l1"] = reconstruction
             loss = loss + reconstruction_weight * reconstruction
@@ -156,5 +156,6 @@ def build(config, data_spec: DataSpec) -> Method:
     return common.build_recipe(
         "halawa", model, objective, config, data_spec,
         adversaries=(expression_adversary,) if m.adversary_weight > 0 else (),
-        adversary_call={"reconstruct": False}, description=__doc__,
+        adversary_call={"reconstruct": False},
+        evaluations=("reconstructions",) if float(m.reconstruction_weight) > 0 else (),
     )

@@ -162,5 +162,5 @@ def build(config, data_spec: DataSpec) -> Method:
 
     return common.build_recipe(
         "idennet", model, objective, config, data_spec, weighting=weighting,
-        batch_keys=("image", "expression", "subject"), description=__doc__,
+        batch_keys=("image", "expression", "subject"),
     )

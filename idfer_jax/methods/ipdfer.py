@@ -36,14 +36,17 @@ import ml_collections
 
 from idfer_jax import config_defaults, losses
 from idfer_jax.configuration import ConfigError
+from idfer_jax.console import announce
 from idfer_jax.data.pipeline import DataSpec
 from idfer_jax.methods import common
 from idfer_jax.methods import generative as gen
 from idfer_jax.models import ClassifierHead, ImageDecoder, PatchDiscriminator, build_backbone, weights
 from idfer_jax.train.interface import Method, Player
 from idfer_jax.train.optim import make_optimizer
-from idfer_jax.train.writers import announce
 
+# Its players are the GAN's (discriminator, generator), not `common.build_recipe`'s, so the generic
+# identity / pose adversaries of `config.adversary` are a ConfigError here (methods.check_config).
+GENERIC_ADVERSARIES = False
 LOSS_WEIGHTS = ("expression", "pose", "reconstruction", "identity", "neutral", "difference", "adversarial")
 
 
@@ -180,11 +183,11 @@ def build(config, data_spec: DataSpec) -> Method:
         y = batch["expression"]
         terms = {
             "expression": losses.softmax_cross_entropy(outputs["logits"], y),
-            "reconstruction": losses.l1_loss(outputs["reconstruction"], images),
+            "reconstruction": losses.l1(outputs["reconstruction"], images),
             "difference": losses.softmax_cross_entropy(outputs["difference_logits"], y),
         }
         neutral_id = gen.embed_identity(identity_net, model_state, outputs["neutral"])
-        terms["identity"] = jnp.mean(gen.cosine_distance(neutral_id, f_id))
+        terms["identity"] = jnp.mean(losses.cosine_distance(neutral_id, f_id))
         if "pose_logits" in outputs:
             terms["pose"] = losses.softmax_cross_entropy(outputs["pose_logits"],
                                                          common.yaw_bin_labels(batch["yaw"], edges))
@@ -205,8 +208,9 @@ def build(config, data_spec: DataSpec) -> Method:
         fakes = jnp.concatenate([outputs["neutral"], outputs["reconstruction"]])
         terms["adversarial"] = gen.generator_adversarial_loss(discriminator, params, fakes,
                                                               gen.no_condition(fakes))
-        loss = sum(w[k] * v for k, v in terms.items() if w[k] > 0)
-        metrics = {f"{k}_loss": v for k, v in terms.items()}
+        # The terms this batch and config have (pose needs yaw labels, neutral a target); metrics
+        # loss/<term>, weight/<term>.
+        loss, metrics = losses.WeightedSum({k: w[k] for k in terms})({}, terms)
         metrics["accuracy"] = common.accuracy(outputs["logits"], y)
         if neutral_target_key == "neutral_image":
             metrics["neutral_l1"] = jnp.mean(jnp.abs(outputs["neutral"] - batch["neutral_image"]))
@@ -256,7 +260,9 @@ def build(config, data_spec: DataSpec) -> Method:
     )
     return Method(
         name="ipdfer", init=init, players=players, apply=apply,
-        batch_keys=("image", "expression", *([neutral_target_key] if neutral_target_key else ())),
-        description=__doc__, frozen_variables=gen.identity_loader(config),
+        batch_keys=("image", "expression", *([neutral_target_key] if neutral_target_key else ()),
+                    *(("partner_mask",) if neutral_target_key == "partner_image" else ()),
+                    *(("yaw",) if model.pose_head is not None else ())),
+        frozen_variables=gen.identity_loader(config), evaluations=("neutralisation",),
         generators={"neutralise": neutralise, "embed_identity": embed},
     )

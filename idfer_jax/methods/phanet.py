@@ -35,6 +35,7 @@ import ml_collections
 
 from idfer_jax import losses
 from idfer_jax.configuration import ConfigError
+from idfer_jax.console import announce
 from idfer_jax.data.pipeline import DataSpec
 from idfer_jax.methods import baseline, common
 from idfer_jax.models import (
@@ -45,7 +46,6 @@ from idfer_jax.models import (
     num_stages,
 )
 from idfer_jax.train.interface import Method
-from idfer_jax.train.writers import announce
 
 WEIGHTINGS = ("uncertainty", "constrained")
 POSE_MODES = ("bins", "regression", "none")
@@ -193,7 +193,7 @@ def build(config, data_spec: DataSpec) -> Method:
                 terms["pose"] = losses.softmax_cross_entropy(outputs["pose"], yaw_bins)
                 metrics["pose_accuracy"] = common.accuracy(outputs["pose"], yaw_bins)
             else:
-                terms["pose"] = losses.mse_loss(outputs["pose"][:, 0], batch["yaw"] / YAW_SCALE)
+                terms["pose"] = losses.mse(outputs["pose"][:, 0], batch["yaw"] / YAW_SCALE)
         _, loss_weights = common.split_loss_weights(params)
         total, weighting_metrics = weighting(loss_weights, terms)
         metrics.update(weighting_metrics)
@@ -204,5 +204,6 @@ def build(config, data_spec: DataSpec) -> Method:
 
     return common.build_recipe(
         "phanet", model, objective, config, data_spec, weighting=weighting,
-        batch_keys=("image", "expression", *(("yaw",) if with_pose else ())), description=__doc__,
+        batch_keys=("image", "expression", *(("yaw",) if with_pose else ())),
+        evaluations=("attention_maps",),
     )

@@ -8,11 +8,18 @@ a ResNet's last stages sit for 48-112 px faces. The gradient of `nn.max_pool` (a
 convolutions as patches times kernel, and `max_pool` takes the max of the window's strided slices. Both
 give the same values up to float reassociation (tested), the parameters are the same arrays, and on
 GPU/TPU (where the convolution libraries are fast) they are the plain XLA operations.
+
+Which platform a function is traced for is the caller's to say (`traced_for(platform, fn)`: the trainer
+passes its mesh's), since a process may hold CPU and accelerator devices at once; without it, JAX's
+default backend decides.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import contextvars
+import functools
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -24,8 +31,34 @@ from jax import lax
 MATMUL_MAX_OUTPUT_POSITIONS = 9
 
 
+_PLATFORM: contextvars.ContextVar[str | None] = contextvars.ContextVar("idfer_jax_kernel_platform",
+                                                                        default=None)
+
+
+@contextlib.contextmanager
+def for_platform(platform: str | None):
+    """Within this context, layers trace the kernels of `platform` ('cpu', 'gpu', 'tpu'; None = JAX's
+    default backend)."""
+    token = _PLATFORM.set(platform)
+    try:
+        yield
+    finally:
+        _PLATFORM.reset(token)
+
+
+def traced_for(platform: str | None, fn: Callable) -> Callable:
+    """`fn`, tracing the kernels of `platform` (to be jitted for devices of that platform)."""
+
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        with for_platform(platform):
+            return fn(*args, **kwargs)
+
+    return wrapped
+
+
 def _on_cpu() -> bool:
-    return jax.default_backend() == "cpu"
+    return (_PLATFORM.get() or jax.default_backend()) == "cpu"
 
 
 def _channels_last(lhs, rhs, dimension_numbers) -> bool:

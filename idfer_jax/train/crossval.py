@@ -25,13 +25,13 @@ import time
 import jax
 import numpy as np
 
-from idfer_jax import eval as E
+from idfer_jax import evaluation as E
+from idfer_jax.console import announce
 from idfer_jax.data import datasets
 from idfer_jax.train import checkpoint as ckpt_lib
 from idfer_jax.train import evaluate as evaluate_lib
 from idfer_jax.train import workdir as workdir_lib
 from idfer_jax.train.trainer import BuildMethod, Trainer
-from idfer_jax.train.writers import announce
 
 
 def fold_config(config, fold: int):

@@ -7,20 +7,20 @@ Uses the last checkpoint (never a checkpoint picked on the test fold). Writes:
   subjects' images, split by image within those subjects, beside chance (lower is better);
 - pose leakage: R^2 of yaw and pitch from the same features with ridge regression (lower is better);
 - accuracy per |yaw| band where the data has yaw;
-- `attention_maps.png` where the method's outputs carry attention maps (`outputs['attention']`, one
-  (N, h, w) map per scale): one held-out face per class with each scale's map overlaid;
-- `reconstructions.png` where the method reconstructs its input (`outputs['reconstruction']`): one
-  held-out face per class above its reconstruction;
-- for generative recipes (`Method.generators`): `expression_transfer.png` (held-out faces, columns, drawn
-  with every target expression, rows) and `neutralisation.png` (held-out faces, their generated neutral
-  faces and the true neutral face where known), with two numbers over the whole held-out fold: the L1
-  between generated and true neutral faces (where the data has them) and the identity network's cosine
-  similarity between each face and its generated neutral face;
+- what the method asks for by name in `Method.evaluations` (the `EVALUATORS` registry below):
+  `attention_maps` (`attention_maps.png`: each scale's `outputs['attention']` map, one (N, h, w) map per
+  scale, overlaid on one held-out face per class), `reconstructions` (`reconstructions.png`: held-out
+  faces above `outputs['reconstruction']`), `expression_transfer` (`expression_transfer.png`: held-out
+  faces, columns, drawn by `generators['transfer']` with every target expression, rows) and
+  `neutralisation` (`neutralisation.png`: held-out faces, their generated neutral faces and the true
+  neutral face where known, with the fold's L1 between generated and true neutral faces and the identity
+  network's cosine similarity between each face and its generated neutral face);
 - `eval_results.json` with every number, and `report.md` for people.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 
@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
-from idfer_jax import eval as E
+from idfer_jax import evaluation as E
 from idfer_jax.data import pipeline
 from idfer_jax.train.checkpoint import CheckpointMismatchError
 from idfer_jax.train.trainer import BuildMethod, Trainer, to_global
@@ -40,7 +40,7 @@ YAW_BANDS = ((0, 20), (20, 40), (40, 60))
 def collect_outputs(trainer: Trainer, variables: dict, indices: np.ndarray,
                     output_keys: tuple[str, ...] = ("logits", "features")) -> dict[str, np.ndarray]:
     """The method's `output_keys` and the labels of `indices`, in order, with padding removed."""
-    apply = jax.jit(
+    apply = trainer.jit(
         lambda v, images: trainer.method.apply(v, images),
         out_shardings=trainer.replicated,
     )
@@ -134,6 +134,10 @@ def _short(value, limit: int = 80) -> str:
 
 def evaluate(config, workdir: str, build_method: BuildMethod, devices=None) -> dict:
     trainer = Trainer(config, build_method, devices)
+    unknown = [name for name in trainer.method.evaluations if name not in EVALUATORS]
+    if unknown:
+        raise ValueError(f"Method {trainer.method.name} asks for evaluations {unknown}; the known ones are "
+                         f"{sorted(EVALUATORS)} (train/evaluate.py's EVALUATORS).")
     step, variables = trainer.restore_variables(workdir)
     check_same_split(trainer.dataset.fold_file, workdir, config.data.get("fold_file") or "")
     spec = trainer.dataset.spec
@@ -178,21 +182,80 @@ def evaluate(config, workdir: str, build_method: BuildMethod, devices=None) -> d
                 bands[f"{lo}-{hi}"] = float(np.mean(predictions[sel] == out["expression"][sel]))
         results["accuracy_by_abs_yaw"] = bands
 
-    if jax.process_index() == 0:
-        examples = held_out_examples(trainer, len(spec.class_names))
-        # On this process alone, on host copies of the (replicated) variables: no collective is
-        # involved, so this is safe where only process 0 draws.
-        outputs = jax.device_get(jax.jit(trainer.method.apply)(jax.device_get(variables), examples["image"]))
-        if write_attention_figure(examples, outputs, workdir, spec.class_names):
-            results["attention_figure"] = "attention_maps.png"
-        if write_reconstruction_figure(examples, outputs, workdir, spec.class_names):
-            results["reconstruction_figure"] = "reconstructions.png"
-        results.update(write_generation_figures(trainer, jax.device_get(variables), examples, workdir))
-    if "neutralise" in trainer.method.generators:
-        results["neutralisation"] = neutralisation_metrics(trainer, variables, trainer.dataset.test_indices)
+    context = EvalContext(trainer, variables, workdir)
+    for name in trainer.method.evaluations:
+        results.update(EVALUATORS[name](context))
     if jax.process_index() == 0:
         write_outputs(workdir, results)
     return results
+
+
+class EvalContext:
+    """What a method's evaluators read: the trainer (data, mesh, method), the restored variables, the
+    workdir, and (computed once, on process 0, where figures are drawn) one held-out example per class
+    with the method's outputs on them."""
+
+    def __init__(self, trainer: Trainer, variables: dict, workdir: str):
+        self.trainer, self.variables, self.workdir = trainer, variables, workdir
+        self.is_main = jax.process_index() == 0
+
+    @functools.cached_property
+    def examples(self) -> dict:
+        return held_out_examples(self.trainer, len(self.trainer.dataset.spec.class_names))
+
+    @functools.cached_property
+    def host_variables(self) -> dict:
+        # Host copies of the (replicated) variables: no collective is involved, so this is safe where
+        # only process 0 draws.
+        return jax.device_get(self.variables)
+
+    @functools.cached_property
+    def outputs(self) -> dict:
+        apply = self.trainer.jit(self.trainer.method.apply)
+        return jax.device_get(apply(self.host_variables, self.examples["image"]))
+
+
+def evaluate_attention_maps(context: EvalContext) -> dict:
+    """`attention_maps.png`: each scale's attention (`outputs['attention']`) over held-out faces."""
+    if context.is_main and write_attention_figure(context.examples, context.outputs, context.workdir,
+                                                  context.trainer.dataset.spec.class_names):
+        return {"attention_figure": "attention_maps.png"}
+    return {}
+
+
+def evaluate_reconstructions(context: EvalContext) -> dict:
+    """`reconstructions.png`: held-out faces above `outputs['reconstruction']`."""
+    if context.is_main and write_reconstruction_figure(context.examples, context.outputs, context.workdir,
+                                                       context.trainer.dataset.spec.class_names):
+        return {"reconstruction_figure": "reconstructions.png"}
+    return {}
+
+
+def evaluate_expression_transfer(context: EvalContext) -> dict:
+    """`expression_transfer.png` from the method's `generators['transfer']`."""
+    if not context.is_main:
+        return {}
+    return write_generation_figures(context.trainer, context.host_variables, context.examples,
+                                    context.workdir, ("transfer",))
+
+
+def evaluate_neutralisation(context: EvalContext) -> dict:
+    """`neutralisation.png` and the fold's neutral-face L1 / identity cosine, from `generators['neutralise']`
+    (and `'embed_identity'` where the method has it)."""
+    written = (write_generation_figures(context.trainer, context.host_variables, context.examples,
+                                        context.workdir, ("neutralise",)) if context.is_main else {})
+    return {**written, "neutralisation": neutralisation_metrics(context.trainer, context.variables,
+                                                                context.trainer.dataset.test_indices)}
+
+
+# What a method can ask `idfer evaluate` for (`Method.evaluations`), by name: each a function of the
+# EvalContext returning entries for `eval_results.json` (figures it wrote, numbers it measured).
+EVALUATORS = {
+    "attention_maps": evaluate_attention_maps,
+    "reconstructions": evaluate_reconstructions,
+    "expression_transfer": evaluate_expression_transfer,
+    "neutralisation": evaluate_neutralisation,
+}
 
 
 def held_out_indices(trainer: Trainer, num_classes: int, limit: int = 8) -> list[int]:
@@ -260,14 +323,15 @@ def true_neutral_faces(trainer: Trainer, examples: dict, indices) -> tuple[np.nd
     return np.stack(faces), "real neutral"  # black where the subject has none
 
 
-def write_generation_figures(trainer: Trainer, variables: dict, examples: dict, workdir: str) -> dict:
-    """Expression-transfer and neutralisation grids for generative recipes; {} for the others."""
-    generators = trainer.method.generators
+def write_generation_figures(trainer: Trainer, variables: dict, examples: dict, workdir: str,
+                             which: tuple[str, ...] = ("transfer", "neutralise")) -> dict:
+    """Expression-transfer and neutralisation grids from the method's generators named in `which`."""
+    generators = {k: v for k, v in trainer.method.generators.items() if k in which}
     names = trainer.dataset.spec.class_names
     labels = [names[k] for k in examples["expression"]]
     written = {}
     if "transfer" in generators:
-        transfer = jax.jit(generators["transfer"])
+        transfer = trainer.jit(generators["transfer"])
         rows = {}
         for k, name in enumerate(names):
             target = np.zeros((len(examples["image"]), len(names)), np.float32)
@@ -278,7 +342,7 @@ def write_generation_figures(trainer: Trainer, variables: dict, examples: dict, 
                                "expression (rows)")
         written["transfer_figure"] = "expression_transfer.png"
     if "neutralise" in generators:
-        neutral = np.asarray(jax.jit(generators["neutralise"])(variables, examples["image"]))
+        neutral = np.asarray(trainer.jit(generators["neutralise"])(variables, examples["image"]))
         rows = {"generated neutral": neutral}
         picked = held_out_indices(trainer, len(names))
         true, label = true_neutral_faces(trainer, examples, picked)
@@ -306,7 +370,7 @@ def neutralisation_metrics(trainer: Trainer, variables: dict, indices: np.ndarra
             out["cosine"] = jnp.sum(a * b, -1) / (jnp.linalg.norm(a, axis=-1) * jnp.linalg.norm(b, axis=-1))
         return out
 
-    measure = jax.jit(measure, out_shardings=trainer.replicated)
+    measure = trainer.jit(measure, out_shardings=trainer.replicated)
     sums: dict[str, float] = {}
     count = 0.0
     batches = pipeline.eval_batches(trainer.dataset, indices, with_neutral=with_neutral,

@@ -14,6 +14,11 @@ code, so the trainer never does it.
 `frozen_variables() -> {collection: pytree}` (optional)
     pretrained weights no player trains (a frozen face-recognition network): the trainer puts them in
     the model state after `init`, outside `jit`, so a large network is never a compiled constant.
+`batch_keys`: every key `loss_fn` reads from a batch; the trainer checks the run's data gives them all
+    (an error naming the data switch otherwise, before anything is compiled).
+`evaluations` (optional): what `idfer evaluate` runs besides accuracy and leakage, by name from
+    `train.evaluate.EVALUATORS` ('attention_maps', 'reconstructions', 'expression_transfer',
+    'neutralisation').
 `generators` (optional) name -> pure function, for the figures and numbers of generative recipes:
     `'transfer': (variables, images, target_onehot) -> images` (expression transfer),
     `'neutralise': (variables, images) -> images` (the same face, neutral),
@@ -70,7 +75,7 @@ class Method:
     players: tuple[Player, ...]
     apply: Callable[[dict, jax.Array], dict]
     batch_keys: tuple[str, ...] = ("image", "expression")  # what loss_fn reads from the batch
-    description: str = ""
+    evaluations: tuple[str, ...] = ()  # names in train.evaluate.EVALUATORS
     frozen_variables: Callable[[], dict] | None = None
     generators: Mapping[str, Callable] = dataclasses.field(default_factory=dict)
     finishing_stage: FinishingStage | None = None

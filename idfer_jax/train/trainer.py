@@ -29,9 +29,10 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from idfer_jax import configuration
+from idfer_jax.console import announce
 from idfer_jax.data import pipeline
 from idfer_jax.errors import Interrupted, UserError
-from idfer_jax.models import weights
+from idfer_jax.models import cpu_kernels, weights
 from idfer_jax.train import checkpoint as ckpt_lib
 from idfer_jax.train import workdir as workdir_lib
 from idfer_jax.train import writers
@@ -114,9 +115,9 @@ def make_train_step(method: Method) -> Callable[[TrainState, dict], tuple[TrainS
                 params = {**params, **optax.apply_updates(own, updates)}
                 if player.updates_model_state:
                     model_state = new_model_state
-                prefix = "" if len(method.players) == 1 else f"{player.name}/"
-                metrics[f"{prefix}loss"] = loss
-                metrics.update({f"{prefix}{k}": v for k, v in aux.items()})
+                # Always `<player>/<name>`, so a metric keeps its name when an adversary is switched on.
+                metrics[f"{player.name}/loss"] = loss
+                metrics.update({f"{player.name}/{k}": v for k, v in aux.items()})
         new_state = state.replace(
             step=state.step + 1, params=params, model_state=model_state, opt_states=opt_states
         )
@@ -151,8 +152,12 @@ class Trainer:
         self.mesh = make_mesh(devices)
         self.batch_sharding = NamedSharding(self.mesh, P("data"))
         self.replicated = NamedSharding(self.mesh, P())
+        self.platform = self.mesh.devices.flat[0].platform  # which kernels the models trace (cpu_kernels)
         self._check_batch_sizes()
         self.method = build_method(config, self.dataset.spec)
+        # What the method's losses read must be what the pipeline gives (an error naming the data
+        # switch here, not a KeyError inside jit).
+        pipeline.check_batch_keys(self.method.name, self.method.batch_keys, self.dataset.spec, config.data)
 
     def _check_batch_sizes(self) -> None:
         """What only the data and the devices can tell: batches split evenly over the mesh, and a
@@ -179,22 +184,17 @@ class Trainer:
                 f"fold {fold} ({self.config.data.name}); {fix}."
             )
 
+    def jit(self, fn: Callable, **kwargs) -> Callable:
+        """`jax.jit(fn, **kwargs)`, with the models' kernels chosen for this mesh's platform."""
+        return jax.jit(cpu_kernels.traced_for(self.platform, fn), **kwargs)
+
     def sample_batch(self) -> dict:
-        h, w, c = self.dataset.spec.image_shape
-        batch = {"image": jnp.zeros((2, h, w, c), jnp.float32),
-                 "expression": jnp.zeros((2,), jnp.int32), "subject": jnp.zeros((2,), jnp.int32)}
-        for k in self.dataset.spec.pose_keys:
-            batch[k] = jnp.zeros((2,), jnp.float32)
-        if self.dataset.spec.has_neutral and self.config.data.with_neutral:
-            batch["neutral_image"] = batch["image"]
-        if self.config.data.get("partner"):
-            batch.update(partner_image=batch["image"], partner_expression=batch["expression"],
-                         partner_mask=jnp.zeros((2,), jnp.float32))
-        return batch
+        """Zeros shaped like a training batch of this run (every key the pipeline gives)."""
+        return jax.tree.map(jnp.asarray, pipeline.example_batch(self.dataset.spec, self.config.data))
 
     def initial_state(self) -> TrainState:
         rng = jax.random.PRNGKey(self.config.seed)
-        init = jax.jit(
+        init = self.jit(
             lambda r: init_state(self.method, r, self.sample_batch()),
             out_shardings=self.replicated,
         )
@@ -207,7 +207,7 @@ class Trainer:
 
     def jitted_train_step(self) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
         """The sharded step `train` runs (and `idfer bench` times): state replicated, batch split."""
-        return jax.jit(
+        return self.jit(
             make_train_step(self.method),
             in_shardings=(self.replicated, self.batch_sharding),
             out_shardings=(self.replicated, self.replicated),
@@ -290,7 +290,7 @@ class Trainer:
                 if state is None:
                     start_step, state = 0, self.initial_state()
                 else:
-                    writers.announce(f"Resuming from checkpoint at step {start_step} in {workdir}.")
+                    announce(f"Resuming from checkpoint at step {start_step} in {workdir}.")
                 writer = writers.MetricWriter(workdir, resume_step=start_step)
             except BaseException:
                 checkpointer.close()
@@ -378,7 +378,7 @@ class Trainer:
         found = None
         for i, metrics in enumerate(window):
             bad = {k: float(v) for k, v in metrics.items()
-                   if (k == "loss" or k.endswith("/loss")) and not np.all(np.isfinite(v))}
+                   if k.endswith("/loss") and not np.all(np.isfinite(v))}
             if bad:
                 found = (window_start + i, ", ".join(f"{k} = {v}" for k, v in bad.items()))
                 break

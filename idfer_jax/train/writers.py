@@ -19,12 +19,6 @@ import jax
 from idfer_jax.train.checkpoint import workdir_error
 
 
-def announce(message: str) -> None:
-    """Prints a progress message once per run: on process 0 of a multi-host system."""
-    if jax.process_index() == 0:
-        print(message, flush=True)
-
-
 def drop_rows_after(path: str, step: int) -> int:
     """Removes the rows of steps after `step` from a metrics.jsonl (atomically); returns how many.
 

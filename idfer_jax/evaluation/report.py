@@ -169,8 +169,8 @@ def format_leakage(identity: Mapping[str, Any] | None, pose: Mapping[str, Any] |
     """Markdown block summarising identity and pose leakage of expression features.
 
     Args:
-      identity: the dict of :func:`idfer_jax.eval.probes.identity_leakage` (empty/None: skipped).
-      pose: the dict of :func:`idfer_jax.eval.probes.pose_leakage`, keys ``<name>_r2``
+      identity: the dict of :func:`idfer_jax.evaluation.probes.identity_leakage` (empty/None: skipped).
+      pose: the dict of :func:`idfer_jax.evaluation.probes.pose_leakage`, keys ``<name>_r2``
         (empty/None: says that no pose labels were available).
     """
     blocks = []

@@ -3,7 +3,7 @@
 This package works on numpy/JAX arrays only and never imports ``models``, ``methods`` or ``train``.
 """
 
-from idfer_jax.eval.metrics import (
+from idfer_jax.evaluation.metrics import (
     ConfusionAccumulator,
     chance_accuracy,
     confusion_matrix,
@@ -11,13 +11,13 @@ from idfer_jax.eval.metrics import (
     mean_and_std,
     r2_score,
 )
-from idfer_jax.eval.plots import (
+from idfer_jax.evaluation.plots import (
     plot_attention_maps,
     plot_confusion_matrix,
     plot_leakage_bars,
     plot_reconstructions,
 )
-from idfer_jax.eval.probes import (
+from idfer_jax.evaluation.probes import (
     RidgeFit,
     fit_ridge,
     identity_leakage,
@@ -29,7 +29,7 @@ from idfer_jax.eval.probes import (
     split_within_subjects,
     standardize,
 )
-from idfer_jax.eval.report import (
+from idfer_jax.evaluation.report import (
     comparison_table,
     format_leakage,
     markdown_table,

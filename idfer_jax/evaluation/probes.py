@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from idfer_jax.eval.metrics import r2_score
+from idfer_jax.evaluation.metrics import r2_score
 
 __all__ = [
     "RidgeFit",

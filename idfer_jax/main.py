@@ -5,6 +5,7 @@
     idfer crossval --config=configs/baseline_ckplus.py --workdir=DIR [--folds=N]
     idfer bench    --config=configs/baseline_synthetic.py --workdir=DIR [--recipes=all] [--devices=1,all]
                    [--dtypes=float32,bfloat16] [--inputs=memory,pipeline] [--steps=20] [--torch=false]
+    idfer compare  DIR [NAME=DIR ...]   (finished crossval workdirs: one table, mean +- std over folds)
 
 Multi-host (a TPU pod slice, a GPU cluster): run the same command on every host with `--multihost`; on TPU
 pods, Slurm and Open MPI nothing else is needed, elsewhere add `--coordinator_address=HOST:PORT
@@ -35,11 +36,12 @@ from ml_collections.config_flags import config_flags
 from idfer_jax import configuration
 from idfer_jax.errors import UserError
 
-COMMANDS = ("train", "evaluate", "crossval", "bench")
+COMMANDS = ("train", "evaluate", "crossval", "bench", "compare")
 # Flags that only some commands read; given to another, they would be silently ignored.
 COMMAND_FLAGS = {"recipes": ("bench",), "devices": ("bench",), "dtypes": ("bench",), "inputs": ("bench",),
                  "steps": ("bench",), "torch": ("bench",), "restart": ("train", "crossval")}
-USAGE = f"idfer {{{'|'.join(COMMANDS)}}} --config=FILE --workdir=DIR [--config.KEY=VALUE ...]"
+USAGE = (f"idfer {{{'|'.join(c for c in COMMANDS if c != 'compare')}}} --config=FILE --workdir=DIR "
+         "[--config.KEY=VALUE ...], or idfer compare DIR [NAME=DIR ...]")
 
 
 INTERRUPTED = ("Interrupted (Ctrl-C) outside the training loop; nothing of yours was lost. Run the same "
@@ -200,6 +202,15 @@ def _os_error_line(e: OSError) -> str:
 
 def _main(argv: list[str]) -> None:
     commands = argv[1:]
+    if commands and commands[0] == "compare":
+        given = [f"--{name}" for name in ("config", "workdir", *COMMAND_FLAGS) if flags.FLAGS[name].present]
+        if given:
+            raise UsageError(f"`idfer compare` takes crossval workdirs, not {', '.join(given)}: "
+                             "idfer compare DIR [NAME=DIR ...].")
+        from idfer_jax.train import crossval
+
+        print(crossval.compare(commands[1:]))
+        return
     if len(commands) != 1 or commands[0] not in COMMANDS:
         close = difflib.get_close_matches(commands[0], COMMANDS, n=1) if len(commands) == 1 else []
         hint = f" Did you mean `idfer {close[0]}`?" if close else ""

@@ -16,28 +16,42 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+def _shared_directory(tmp_path_factory, name: str):
+    """A directory every pytest-xdist worker of this run shares (one per run without xdist)."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    return root / name
+
+
 @pytest.fixture(scope="session")
 def compilation_cache(tmp_path_factory) -> str:
-    """A persistent XLA cache shared by this session's processes (subprocesses and notebooks too)."""
-    directory = str(tmp_path_factory.mktemp("jax_cache"))
+    """A persistent XLA cache shared by this run's processes (both workers, subprocesses and notebooks):
+    the same step compiled in two tests, or two workers, is compiled once."""
+    directory = _shared_directory(tmp_path_factory, "jax_cache")
+    directory.mkdir(exist_ok=True)
     import jax
 
-    jax.config.update("jax_compilation_cache_dir", directory)
+    jax.config.update("jax_compilation_cache_dir", str(directory))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-    return directory
+    return str(directory)
 
 
 @pytest.fixture(scope="session")
 def smoke_data_dir(tmp_path_factory, compilation_cache) -> str:
+    """The tiny `synthetic_faces/smoke` set, prepared once per run (the first worker builds it while
+    the other waits on the lock)."""
     import tensorflow_datasets as tfds
+    from filelock import FileLock
 
     import idfer_jax.data.synthetic_faces  # noqa: F401  (registers the builder)
 
-    directory = str(tmp_path_factory.mktemp("tfds"))
-    tfds.builder("synthetic_faces/smoke", data_dir=directory).download_and_prepare(
-        file_format="array_record"
-    )
-    return directory
+    directory = _shared_directory(tmp_path_factory, "tfds")
+    with FileLock(str(directory) + ".lock"):
+        tfds.builder("synthetic_faces/smoke", data_dir=str(directory)).download_and_prepare(
+            file_format="array_record"
+        )
+    return str(directory)
 
 
 @pytest.fixture

@@ -65,6 +65,7 @@ def test_updating_one_player_never_changes_the_other_players_parameters():
     assert not changed(state.opt_states["adversary"], after_model.opt_states["adversary"])
 
 
+@pytest.mark.slow  # (test_losses checks gradient_reversal itself in the fast tier)
 def test_grl_gives_the_encoder_exactly_minus_lambda_times_the_plain_gradient():
     config = tiny_config(BASELINE_SMOKE)
     config.adversary.update(identity=1.0, formulation="grl")

@@ -547,7 +547,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(smoke
     with pytest.raises(trainer_lib.NonFiniteLossError) as e:
         api.train(_config(smoke_config, num_steps=8, log_every=1), str(run_copy))
     message = str(e.value)
-    assert "diverged at step 6: loss = nan" in message
+    assert "diverged at step 6: model/loss = nan" in message
     assert "last good checkpoint, step 4" in message and "learning_rate" in message
     assert isinstance(e.value, UserError)
     assert sorted(os.listdir(run_copy / "checkpoints")) == ["2", "4"]  # nothing NaN was saved

@@ -120,7 +120,8 @@ def test_bench_measures_each_recipe_and_the_pytorch_reference(smoke_config, tmp_
     assert "JAX / PyTorch" in capsys.readouterr().out
 
 
-def test_bench_rejects_what_it_cannot_measure(smoke_config):
+def test_bench_rejects_what_it_cannot_measure():
+    smoke_config = api.load_config(SMOKE)  # a config only: no data is prepared
     with pytest.raises(bench.BenchError, match="Unknown recipes"):
         bench.recipe_configs(SMOKE, smoke_config, "baseline,resnet")
     with pytest.raises(bench.BenchError, match="devices"):

@@ -120,3 +120,29 @@ def test_summary_averages_yaw_bands_over_the_folds_that_cover_them_and_tables_co
     assert len(lines) == 4 and "other" in lines[-1]
     assert "0.600 ± 0.100" in lines[-1]  # accuracy: mean ± population std over the 2 folds
     assert "|yaw\\| 40-60°" in lines[0] and "yaw R²" in lines[0]
+
+
+def test_idfer_compare_tables_runs_on_the_same_folds_and_refuses_others(tmp_path, capsys):
+    from idfer_jax import main
+    from idfer_jax.train.crossval import CompareError, compare
+
+    def finished_run(name: str, folds, accuracy: float) -> str:
+        directory = tmp_path / name
+        directory.mkdir()
+        accuracy = {"mean": accuracy, "std": 0.01}
+        summary = {"method": "baseline", "num_folds": 2, "mean_std": {"accuracy": accuracy}}
+        (directory / "crossval_results.json").write_text(json.dumps(summary))
+        (directory / "folds.json").write_text(json.dumps({"test_subjects": folds}))
+        return str(directory)
+
+    a = finished_run("a", [[0, 1], [2, 3]], 0.5)
+    b = finished_run("b", [[0, 1], [2, 3]], 0.75)
+    main._main(["idfer", "compare", a, f"with adversary={b}"])
+    table = capsys.readouterr().out
+    assert "| baseline " in table and "| with adversary " in table
+    assert "0.500 ± 0.010" in table and "0.750 ± 0.010" in table
+    other = finished_run("c", [[0, 2], [1, 3]], 0.9)
+    with pytest.raises(CompareError, match="held out other subjects"):
+        compare([a, other])
+    with pytest.raises(CompareError, match="idfer crossval"):
+        compare([str(tmp_path / "missing")])

@@ -241,6 +241,7 @@ def test_fersnet_target_and_noise(tiny_fersnet):
     assert float(jnp.max(jnp.abs(train_a - grad_fn(variables["params"], target, b)[1]))) > 1e-4
 
 
+@pytest.mark.slow
 def test_fersnet_synthesis_loss_reaches_both_branches(tiny_fersnet):
     _, _, variables, _, grad_fn = tiny_fersnet
     grads, _ = grad_fn(variables["params"], _onehot([2, 3]), jax.random.key(3))

@@ -102,6 +102,7 @@ def test_kill_and_resume_ends_exactly_where_an_uninterrupted_run_ends(smoke_conf
                  jax.device_get(straight.state), jax.device_get(resumed.state))
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_checkpoint_of_another_config(smoke_config, tmp_path):
     config = _short(smoke_config, steps=4)
     api.train(config, str(tmp_path))

@@ -21,6 +21,7 @@ import contextlib
 import json
 import os
 import time
+from collections.abc import Sequence
 
 import jax
 import numpy as np
@@ -28,6 +29,7 @@ import numpy as np
 from idfer_jax import evaluation as E
 from idfer_jax.console import announce
 from idfer_jax.data import datasets
+from idfer_jax.errors import UserError
 from idfer_jax.train import checkpoint as ckpt_lib
 from idfer_jax.train import evaluate as evaluate_lib
 from idfer_jax.train import workdir as workdir_lib
@@ -222,3 +224,38 @@ def write_outputs(workdir: str, config, summary: dict, per_fold: list[dict]) -> 
     )
 
 
+
+
+class CompareError(UserError, ValueError):
+    """`idfer compare` was given runs that are not there or do not compare."""
+
+
+def compare(runs: Sequence[str]) -> str:
+    """One Markdown table comparing finished cross-validations (`idfer compare DIR [NAME=DIR ...]`).
+
+    Each run is a `crossval` workdir, or `NAME=DIR` to name its row (default: the run's method). Reads
+    `DIR/crossval_results.json` and `DIR/folds.json`; the rows are `evaluation.comparison_table`'s (mean ±
+    std over folds). CompareError when a run is missing or the runs were not split into the same folds:
+    results on different subjects do not compare.
+    """
+    if not runs:
+        raise CompareError("Give at least one crossval workdir: idfer compare DIR [NAME=DIR ...].")
+    summaries, folds, names = [], [], []
+    for run in runs:
+        name, _, directory = run.rpartition("=")
+        path = os.path.join(directory, "crossval_results.json")
+        if not os.path.isfile(path):
+            raise CompareError(f"{path} does not exist: `idfer crossval --workdir={directory} ...` writes it "
+                               "when every fold has finished.")
+        with open(path) as f:
+            summary = json.load(f)
+        with open(os.path.join(directory, "folds.json")) as f:
+            folds.append(json.load(f).get("test_subjects"))
+        summaries.append(summary)
+        names.append(name or summary.get("method", directory))
+    different = [r for r, f in zip(runs, folds, strict=True) if f != folds[0]]
+    if different:
+        raise CompareError(f"{', '.join(different)} held out other subjects than {runs[0]} (their "
+                           "folds.json differ), so their numbers do not compare; rerun them on the same "
+                           "folds (same dataset, protocol, num_folds and split seed).")
+    return E.comparison_table(summaries, names=names)

@@ -130,6 +130,7 @@ def test_gradients_flow_tiny():
     _check_image_gradient(module, module.init(jax.random.key(1), images), images)
 
 
+@pytest.mark.slow
 def test_gradients_flow_facenet(params):
     # Grey 48 px images in [-1, 1], like generated CK+ faces: exercises tile, resize, prewhiten, network.
     images = jax.random.uniform(jax.random.key(0), (2, 48, 48, 1), minval=-1, maxval=1)

@@ -122,6 +122,7 @@ def test_stateless_norms_run_in_train_mode_without_mutable(norm):
     )
 
 
+@pytest.mark.slow
 def test_bfloat16_computes_in_bf16_with_float32_params_and_output(tiny):
     model = build_backbone("resnet_tiny", dtype=jnp.bfloat16)
     x = _images(2, 16)

@@ -213,6 +213,7 @@ def _at(tree, path):
     return np.asarray(tree)
 
 
+@pytest.mark.slow
 def test_linear_probe_trains_only_the_head():
     config = api.load_config(str(REPO / "configs" / "baseline_synthetic.py") + ":smoke")
     config.model.update(backbone="mini_xception", pretrained="none", freeze_until=-1)

@@ -112,6 +112,7 @@ def test_resume_refuses_a_checkpoint_of_another_config(smoke_config, tmp_path):
         api.train(config, str(tmp_path))
 
 
+@pytest.mark.slow
 def test_corrupt_latest_checkpoint_falls_back_to_the_previous(smoke_config, tmp_path, capsys):
     config = _short(smoke_config, steps=8)
     config.train.keep_checkpoints = 3
@@ -311,8 +312,8 @@ def test_sigkilled_cli_run_resumes_with_the_same_command(
     env = subprocess_env(compilation_cache)
     exe = shutil.which("idfer")
     cmd = [exe] if exe else [sys.executable, "-m", "idfer_jax.main"]
-    overrides = [f"--config.data.data_dir={smoke_data_dir}", "--config.train.num_steps=240",
-                 "--config.train.checkpoint_every=40", "--config.train.log_every=40"]
+    overrides = [f"--config.data.data_dir={smoke_data_dir}", "--config.train.num_steps=120",
+                 "--config.train.checkpoint_every=20", "--config.train.log_every=20"]
 
     def train_args(workdir):
         return [*cmd, "train", f"--config={SMOKE}", f"--workdir={workdir}", *overrides]
@@ -321,13 +322,13 @@ def test_sigkilled_cli_run_resumes_with_the_same_command(
     proc = subprocess.Popen(train_args(killed_dir), env=env, cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while not (killed_dir / "checkpoints" / "40").exists() and proc.poll() is None:
+    while not (killed_dir / "checkpoints" / "20").exists() and proc.poll() is None:
         assert time.time() < deadline, "no checkpoint appeared"
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    assert not (killed_dir / "checkpoints" / "240").exists()
+    assert not (killed_dir / "checkpoints" / "120").exists()
 
     resumed = subprocess.run(train_args(killed_dir), env=env, cwd=REPO, capture_output=True,
                              text=True, timeout=600)
@@ -340,11 +341,11 @@ def test_sigkilled_cli_run_resumes_with_the_same_command(
     from idfer_jax import methods
     from idfer_jax.train.trainer import Trainer
 
-    smoke_config.train.num_steps = 240
+    smoke_config.train.num_steps = 120
     trainer = Trainer(smoke_config, methods.build)
     step_a, after_kill = trainer.restore_variables(str(killed_dir))
     step_b, uninterrupted = trainer.restore_variables(str(tmp_path / "straight"))
-    assert step_a == step_b == 240
+    assert step_a == step_b == 120
     jax.tree.map(np.testing.assert_array_equal, after_kill, uninterrupted)
 
 

@@ -473,7 +473,9 @@ def framing(config_name: str) -> str:
 
 
 def open_dataset(data_config) -> Dataset:
-    """Opens `data_config.name`, maps its classes and selects fold `data_config.fold`."""
+    """Opens `data_config.name` (and its added training sets and cross-dataset test set), maps their
+    classes to the run's, and selects fold `data_config.fold`. DataError naming the fix for data no run
+    could use."""
     data_config = cross_dataset_framing(data_config)
     test_config = _test_config(data_config)
     protocol = data_config.get("protocol", "kfold")
@@ -482,129 +484,22 @@ def open_dataset(data_config) -> Dataset:
             f"Unknown protocol {protocol!r}; use one of {', '.join(PROTOCOLS)} (a cross-dataset run is "
             "chosen by setting --config.data.test.name)."
         )
-    directory = data_dir(data_config)
-    if data_config.get("data_dir") and not os.path.exists(directory) and (
-        data_config.name not in NEEDS_NO_DOWNLOAD and not data_config.get("manual_dir")
-    ):
-        raise DataError(
-            f"data_dir {directory} does not exist. Pass the directory that holds the prepared "
-            "datasets with --config.data.data_dir, or the raw download with --config.data.manual_dir "
-            "to prepare it there."
-        )
-    extra_configs = extra_data_configs(data_config)
-    train_configs = [data_config, *extra_configs]
-    builders = [load_builder(data_config)]
-    for spec, extra in zip(data_config.get("extra") or (), extra_configs, strict=True):
-        try:
-            builders.append(load_builder(extra))
-        except DataError as e:
-            raise DataError(f"config.data.extra entry {spec!r}: {e}") from e
-    if test_config is not None:
-        builders.append(load_builder(test_config))
-    names = [dataset_name(c) for c in train_configs] + ([dataset_name(test_config)] if test_config else [])
-    num_sets = len(train_configs)
-
-    image_shape = _image_shape(builders[0])
-    expected = int(data_config.image_size)
-    for builder, name in zip(builders, names, strict=True):
-        shape = _image_shape(builder)
-        if shape[:2] != (expected, expected):
-            raise DataError(
-                f"{name} has {shape[0]}x{shape[1]} images but config.data.image_size={expected}. Set "
-                f"--config.data.image_size={shape[0]} or pick a dataset config with that image size "
-                f"(e.g. --config.data.config={expected}px)."
-            )
-        if shape != image_shape:
-            raise DataError(f"{names[0]} has {image_shape} images but {name} has {shape}.")
-
-    dataset_classes = [tuple(b.info.features["expression"].names) for b in builders]
+    _check_data_dir(data_config)
+    sets = _open_sets(data_config, test_config)
+    image_shape = _check_image_sizes(sets, int(data_config.image_size))
+    dataset_classes = [tuple(b.info.features["expression"].names) for b in sets.builders]
     run_classes = tuple(data_config.get("class_names") or ()) or dataset_classes[0]
     class_map = parse_class_map(data_config.get("class_map"))
-    # image_folder applies class_map to its labels while preparing (its classes are class_names already).
-    # An added training set may lack some of the run's classes (JAFFE has no contempt): the main set
-    # must have them all.
-    maps = [class_map] * num_sets
-    if test_config is not None:  # a test set may map its own labels (test.class_map)
-        maps.append(parse_class_map(test_config.get("class_map")))
-    lookups = [class_lookup(c, run_classes, {} if _maps_own_classes(b) else m, n,
-                            allow_missing=0 < i < num_sets)
-               for i, (b, c, n, m) in enumerate(zip(builders, dataset_classes, names, maps, strict=True))]
-
-    # (builder index, split): the training sets' train splits, then the test part if the split is given.
-    splits = [(i, "train") for i in range(num_sets)]
-    if test_config is not None:
-        splits.append((num_sets, "test" if "test" in builders[-1].info.splits else "train"))
-    elif protocol == "official":
-        if "test" not in builders[0].info.splits:
-            raise DataError(
-                f"{names[0]} has no official test split (splits: {', '.join(builders[0].info.splits)}); "
-                "use --config.data.protocol=kfold or loso."
-            )
-        splits.append((0, "test"))
-    given_split = test_config is not None or protocol == "official"
-
-    features = [b.info.features for b in builders]
+    lookups = _class_lookups(sets, dataset_classes, run_classes, class_map, test_config)
+    splits = _splits(sets, test_config, protocol)
+    features = [b.info.features for b in sets.builders]
     pose_keys = tuple(k for k in POSE_KEYS if all(k in f for f in features))
-    keys = ("expression", "subject", "sequence", "subject_name", *pose_keys)
-    parts, columns = [], []
-    for i, (b, split) in enumerate(splits):
-        builder, lookup = builders[b], lookups[b]
-        part_labels = read_labels(label_source(builder, split), keys)
-        part_labels["expression"] = lookup[part_labels["expression"]]
-        # Another dataset's subjects are shifted past every id before them (the splits of one dataset
-        # share its subject numbering), and their names carry the dataset's, so no two sets share one.
-        offset = 0
-        if b != 0:
-            if b < num_sets:  # an added training set: "jaffe:KA" (or its id where it has no names)
-                part_labels["subject_name"] = np.asarray(
-                    [f"{train_configs[b].name}:{(n.decode() if isinstance(n, bytes) else str(n)) or s}"
-                     for n, s in zip(part_labels["subject_name"], part_labels["subject"], strict=True)],
-                    dtype=object)
-            offset = max(int(c["subject"].max(initial=-1)) for c in columns) + 1
-            part_labels["subject"] = np.where(part_labels["subject"] >= 0,
-                                              part_labels["subject"] + offset, -1)
-        part_labels["part"] = np.full(len(part_labels["subject"]), i)
-        part_labels["set"] = np.full(len(part_labels["subject"]), b)
-        parts.append((builder.as_data_source(split=split), lookup, offset))
-        columns.append(part_labels)
-    source = MappedSource(parts)
-    labels = {k: np.concatenate([c[k] for c in columns]) for k in columns[0]}
-    part_of = labels.pop("part")
-    set_of = labels.pop("set")
+    source, labels, part_of, set_of = _read_parts(sets, splits, lookups, pose_keys)
     subject_names = _subject_names(labels["subject"], labels.pop("subject_name"))
     usable = labels["expression"] >= 0
-
-    if given_split:  # official split or cross-dataset: the last part is the test set
-        test_part = len(splits) - 1
-        train_idx = np.flatnonzero(usable & (part_of != test_part))
-        test_idx = np.flatnonzero(usable & (part_of == test_part))
-        fold_file = {
-            "protocol": "cross_dataset" if test_config is not None else "official",
-            "num_folds": 1,
-            "train": " + ".join(f"{n}:train" for n in names[:num_sets]),
-            "test": f"{names[splits[-1][0]]}:{splits[-1][1]}",
-        }
-        if test_config is not None:
-            fold_file["framing"] = {"train": framing(data_config.config), "test": framing(test_config.config)}
-        if int(data_config.get("fold", 0)) != 0:
-            raise DataError("This protocol has a single fold; set --config.data.fold=0.")
-    else:
-        folds = _folds(data_config, protocol, labels["subject"][usable], subject_names)
-        fold = int(data_config.fold)
-        if not 0 <= fold < len(folds):
-            raise DataError(
-                f"config.data.fold={fold} but the {protocol} protocol has {len(folds)} folds "
-                f"(0..{len(folds) - 1})."
-            )
-        is_test = np.isin(labels["subject"], folds[fold])
-        train_idx, test_idx = np.flatnonzero(usable & ~is_test), np.flatnonzero(usable & is_test)
-        fold_file = {
-            "protocol": "leave_one_subject_out" if protocol == "loso" else "subject_kfold",
-            "num_folds": len(folds),
-            "seed": int(data_config.split_seed) if protocol == "kfold" else None,
-            "test_subjects": [[int(s) for s in f] for f in folds],
-            "test_subject_names": [[subject_names.get(int(s), str(s)) for s in f] for f in folds],
-        }
+    train_idx, test_idx, fold_file = _select_fold(data_config, test_config, protocol, sets, splits, labels,
+                                                  part_of, usable, subject_names)
+    names, num_sets = sets.names, sets.num_sets
     dropped = [c for c, i in zip(dataset_classes[0], lookups[0], strict=True) if i < 0]
     training = " + ".join(names[:num_sets])
     if num_sets > 1:
@@ -635,6 +530,155 @@ def open_dataset(data_config) -> Dataset:
                                   seed=int(data_config.get("split_seed", 0)))
         fold_file["mix"] = [float(m) for m in data_config.mix]
     return Dataset(source, labels, train_idx, test_idx, spec, fold_file, sampling)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Sets:
+    """The builders of one run: its training sets (the main one first), then its test set if any."""
+
+    builders: list
+    names: list[str]
+    train_configs: list
+    num_sets: int  # training sets; builders[num_sets], if there, is the cross-dataset test set
+
+
+def _check_data_dir(data_config) -> None:
+    directory = data_dir(data_config)
+    if data_config.get("data_dir") and not os.path.exists(directory) and (
+        data_config.name not in NEEDS_NO_DOWNLOAD and not data_config.get("manual_dir")
+    ):
+        raise DataError(
+            f"data_dir {directory} does not exist. Pass the directory that holds the prepared "
+            "datasets with --config.data.data_dir, or the raw download with --config.data.manual_dir "
+            "to prepare it there."
+        )
+
+
+def _open_sets(data_config, test_config) -> _Sets:
+    extra_configs = extra_data_configs(data_config)
+    train_configs = [data_config, *extra_configs]
+    builders = [load_builder(data_config)]
+    for spec, extra in zip(data_config.get("extra") or (), extra_configs, strict=True):
+        try:
+            builders.append(load_builder(extra))
+        except DataError as e:
+            raise DataError(f"config.data.extra entry {spec!r}: {e}") from e
+    if test_config is not None:
+        builders.append(load_builder(test_config))
+    names = [dataset_name(c) for c in train_configs] + ([dataset_name(test_config)] if test_config else [])
+    return _Sets(builders, names, train_configs, len(train_configs))
+
+
+def _check_image_sizes(sets: _Sets, expected: int) -> tuple[int, int, int]:
+    """The (H, W, C) every set shares, which must be `config.data.image_size` square."""
+    image_shape = _image_shape(sets.builders[0])
+    for builder, name in zip(sets.builders, sets.names, strict=True):
+        shape = _image_shape(builder)
+        if shape[:2] != (expected, expected):
+            raise DataError(
+                f"{name} has {shape[0]}x{shape[1]} images but config.data.image_size={expected}. Set "
+                f"--config.data.image_size={shape[0]} or pick a dataset config with that image size "
+                f"(e.g. --config.data.config={expected}px)."
+            )
+        if shape != image_shape:
+            raise DataError(f"{sets.names[0]} has {image_shape} images but {name} has {shape}.")
+    return image_shape
+
+
+def _class_lookups(sets: _Sets, dataset_classes, run_classes, class_map, test_config) -> list[np.ndarray]:
+    """Per builder, its label -> the run's class index (-1: not in the run)."""
+    # image_folder applies class_map to its labels while preparing (its classes are class_names already).
+    # An added training set may lack some of the run's classes (JAFFE has no contempt): the main set
+    # must have them all.
+    maps = [class_map] * sets.num_sets
+    if test_config is not None:  # a test set may map its own labels (test.class_map)
+        maps.append(parse_class_map(test_config.get("class_map")))
+    return [class_lookup(c, run_classes, {} if _maps_own_classes(b) else m, n,
+                         allow_missing=0 < i < sets.num_sets)
+            for i, (b, c, n, m) in enumerate(zip(sets.builders, dataset_classes, sets.names, maps,
+                                                 strict=True))]
+
+
+def _splits(sets: _Sets, test_config, protocol: str) -> list[tuple[int, str]]:
+    """(builder index, split): the training sets' train splits, then the test part if the split is given."""
+    splits = [(i, "train") for i in range(sets.num_sets)]
+    if test_config is not None:
+        splits.append((sets.num_sets, "test" if "test" in sets.builders[-1].info.splits else "train"))
+    elif protocol == "official":
+        if "test" not in sets.builders[0].info.splits:
+            raise DataError(
+                f"{sets.names[0]} has no official test split (splits: "
+                f"{', '.join(sets.builders[0].info.splits)}); use --config.data.protocol=kfold or loso."
+            )
+        splits.append((0, "test"))
+    return splits
+
+
+def _read_parts(sets: _Sets, splits, lookups, pose_keys):
+    """One source over every split's records, their labels (classes mapped, subjects of other sets
+    shifted past every id before them), and per record its part (split) and set (builder)."""
+    keys = ("expression", "subject", "sequence", "subject_name", *pose_keys)
+    parts, columns = [], []
+    for i, (b, split) in enumerate(splits):
+        builder, lookup = sets.builders[b], lookups[b]
+        part_labels = read_labels(label_source(builder, split), keys)
+        part_labels["expression"] = lookup[part_labels["expression"]]
+        # Another dataset's subjects are shifted past every id before them (the splits of one dataset
+        # share its subject numbering), and their names carry the dataset's, so no two sets share one.
+        offset = 0
+        if b != 0:
+            if b < sets.num_sets:  # an added training set: "jaffe:KA" (or its id where it has no names)
+                part_labels["subject_name"] = np.asarray(
+                    [f"{sets.train_configs[b].name}:{(n.decode() if isinstance(n, bytes) else str(n)) or s}"
+                     for n, s in zip(part_labels["subject_name"], part_labels["subject"], strict=True)],
+                    dtype=object)
+            offset = max(int(c["subject"].max(initial=-1)) for c in columns) + 1
+            part_labels["subject"] = np.where(part_labels["subject"] >= 0,
+                                              part_labels["subject"] + offset, -1)
+        part_labels["part"] = np.full(len(part_labels["subject"]), i)
+        part_labels["set"] = np.full(len(part_labels["subject"]), b)
+        parts.append((builder.as_data_source(split=split), lookup, offset))
+        columns.append(part_labels)
+    labels = {k: np.concatenate([c[k] for c in columns]) for k in columns[0]}
+    part_of = labels.pop("part")
+    set_of = labels.pop("set")
+    return MappedSource(parts), labels, part_of, set_of
+
+
+def _select_fold(data_config, test_config, protocol, sets: _Sets, splits, labels, part_of, usable,
+                 subject_names) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(train indices, test indices, fold file) of `data_config.fold` under the run's protocol."""
+    if test_config is not None or protocol == "official":  # the last part is the test set
+        test_part = len(splits) - 1
+        train_idx = np.flatnonzero(usable & (part_of != test_part))
+        test_idx = np.flatnonzero(usable & (part_of == test_part))
+        fold_file = {
+            "protocol": "cross_dataset" if test_config is not None else "official",
+            "num_folds": 1,
+            "train": " + ".join(f"{n}:train" for n in sets.names[:sets.num_sets]),
+            "test": f"{sets.names[splits[-1][0]]}:{splits[-1][1]}",
+        }
+        if test_config is not None:
+            fold_file["framing"] = {"train": framing(data_config.config), "test": framing(test_config.config)}
+        if int(data_config.get("fold", 0)) != 0:
+            raise DataError("This protocol has a single fold; set --config.data.fold=0.")
+        return train_idx, test_idx, fold_file
+    folds = _folds(data_config, protocol, labels["subject"][usable], subject_names)
+    fold = int(data_config.fold)
+    if not 0 <= fold < len(folds):
+        raise DataError(
+            f"config.data.fold={fold} but the {protocol} protocol has {len(folds)} folds "
+            f"(0..{len(folds) - 1})."
+        )
+    is_test = np.isin(labels["subject"], folds[fold])
+    fold_file = {
+        "protocol": "leave_one_subject_out" if protocol == "loso" else "subject_kfold",
+        "num_folds": len(folds),
+        "seed": int(data_config.split_seed) if protocol == "kfold" else None,
+        "test_subjects": [[int(s) for s in f] for f in folds],
+        "test_subject_names": [[subject_names.get(int(s), str(s)) for s in f] for f in folds],
+    }
+    return np.flatnonzero(usable & ~is_test), np.flatnonzero(usable & is_test), fold_file
 
 
 def _maps_own_classes(builder) -> bool:

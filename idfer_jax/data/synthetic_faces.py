@@ -4,45 +4,12 @@ The dataset exists so that every method of the library can be trained, tested an
 pose leakage without downloading anything: each image comes with the ground truth of the factors that real
 FER datasets entangle, and with the *neutral* face of the same person in the same pose and light.
 
-Model of a face
----------------
-A head is a small set of ellipsoids in a head-centred frame (x to the viewer's right in a frontal view, y up,
-z out of the face towards the camera): a cranium, a narrower jaw (their union gives the jaw line and chin),
-a tilted nose, two ears, a neck and, for most subjects, a hair cap slightly larger than the cranium and cut
-off below the hairline. The head is *rotated in 3D* (yaw, then pitch, then roll) and rendered by casting one
-orthographic ray per sub-pixel against the ellipsoids, so a turned head shows real parallax, self-occlusion
-(the nose hides the far cheek, an ear appears) and foreshortening. Shading is Lambertian with ambient light.
-
-Facial features are painted, not modelled: the hit point of a ray in head coordinates gives frontal texture
-coordinates ``(u, v) = (x, y)``, and the eyes (sclera, iris, pupil, lash lines, lid creases), brows, lips,
-mouth interior and teeth, nostrils, creases (forehead, glabella, nose, nasolabial, crow's feet, chin) and
-the hair are soft 2-D signed-distance shapes in ``(u, v)``. Because they are painted on the rotated surface,
-they foreshorten and disappear with the surface that carries them.
-
-Factors
--------
-* **subject** (identity, the strong factor): head width/height/depth, jaw width and chin, eye spacing,
-  height, size and tilt, iris size and colour, brow gap/length/thickness/arch, nose length/width/protrusion,
-  mouth height and width, lip thicknesses and colour, ear size, skin tone, hair colour, hairline, widow's
-  peak, volume and length (or baldness), facial hair (none, stubble, moustache, beard), glasses, crease
-  depth. Drawn once per subject from ``(seed, subject)`` (:func:`sample_subject_identity`).
-* **expression** (the weaker factor): the 7 classes of :data:`EXPRESSIONS`, each a prototype over
-  FACS-like action units (:data:`ACTION_UNITS`, e.g. AU4 brow lowerer, AU12 lip corner puller, AU26 jaw
-  drop) taken from the EMFACS prototypes, scaled by an ``intensity`` in [0.5, 1] (0 for neutral) and by a
-  small per-example jitter of each unit. The units deform brows, lids, nose, lips and jaw (the jaw drop also
-  moves the jaw ellipsoid, i.e. the geometry).
-* **head pose**: yaw uniform in +-60 deg (positive turns the face towards the image's right), pitch in
-  +-25 deg (positive looks up), roll in +-15 deg (positive rotates counter-clockwise in the image).
-* **nuisances**: gaze, light direction, strength and ambient level, scale and translation jitter, background
-  (two-colour linear gradient at a random angle plus mild pixel noise).
-
-Every example is a pure function of ``(config.seed, index)`` (:func:`sample_example_factors`), and
-:func:`render` is a pure function of the factors, so ``render(factors, r, neutral=True)`` gives the same
-person, pose, light and background with every action unit at zero: the ground-truth neutral face.
-
-The factors and their samplers are :mod:`idfer_jax.data.synthetic_factors`, the renderer
-:mod:`idfer_jax.data.synthetic_render`; this module is the TFDS builder that renders them in worker
-processes (and re-exports the public names of both).
+How a face is modelled (ellipsoids rotated in 3D, ray-cast, features painted in head coordinates) is
+in :mod:`idfer_jax.data.synthetic_render`; the factors (identity, expression as action units, head pose,
+nuisances) and their samplers, pure functions of ``(seed, index)``, in
+:mod:`idfer_jax.data.synthetic_factors`. ``render(factors, r, neutral=True)`` gives the same person,
+pose, light and background with every action unit at zero: the ground-truth neutral face. This module
+is the TFDS builder that renders them in worker processes (and re-exports the public names of both).
 """
 
 from __future__ import annotations

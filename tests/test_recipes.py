@@ -203,7 +203,7 @@ def test_resume_accepts_a_config_with_tuples_inside_the_model_block():
         ckpt_lib.check_compatible(saved, {"model": {"yaw_bin_edges": (15.0, 40.0)}, "method": "phanet"})
 
 
-# One harness (tests/helpers.py) for every recipe. SGD: Adam would blow the 1e-7 noise of a reordered
+# The one 8-vs-1 harness (tests/helpers.py). SGD: Adam would blow the 1e-7 noise of a reordered
 # cross-device sum up to a whole step. The GAN recipes take one step at their tiniest widths: over more
 # steps their own dynamics amplify that noise, and instance norm over 2x2 maps amplifies it ~100x (a
 # channel's spread there can be ~0), hence FERSNet's one exchange stage of 16 channels.
@@ -211,37 +211,38 @@ SGD = {"optimizer.name": "sgd", "optimizer.learning_rate": 0.05, "optimizer.warm
 GAN_SGD = {"optimizer.name": "sgd", "optimizer.learning_rate": 0.02, "optimizer.schedule": "constant",
            "model.discriminator_steps": 2}
 TINY_GAN = {"model.discriminator_widths": [8, 16]}
-EIGHT_VS_ONE = [
-    {"spec": IDENNET_SMOKE, "overrides": SGD},
-    {"spec": PHANET_SMOKE, "overrides": SGD},
+# IDEnNet and PhaNet are one-player recipes built like the baseline, whose 8-device and two-host runs
+# test_training checks; these are the recipes with more players and cross-batch terms.
+EIGHT_VS_ONE = {
     # Both adversaries beside Halawa et al.'s own, by gradient reversal: three adversary heads.
-    {"spec": smoke("halawa"), "overrides": {**SGD, "adversary.identity": 1.0, "adversary.pose": 1.0,
-                                            "adversary.formulation": "grl"}},
-    {"spec": smoke("fersnet"), "steps": 1,
-     "overrides": {**GAN_SGD, **TINY_GAN, "model.stem_width": 8, "model.widths": [16]}},
-    {"spec": smoke("ipdfer"), "steps": 1,
-     "overrides": {**GAN_SGD, **TINY_GAN, "model.decoder_widths": [16, 8], "model.code_dim": 32}},
-]
+    "halawa": {"spec": smoke("halawa"), "overrides": {**SGD, "adversary.identity": 1.0, "adversary.pose": 1.0,
+                                                      "adversary.formulation": "grl"}},
+    "fersnet": {"spec": smoke("fersnet"), "steps": 1,
+                "overrides": {**GAN_SGD, **TINY_GAN, "model.stem_width": 8, "model.widths": [16]}},
+    "ipdfer": {"spec": smoke("ipdfer"), "steps": 1,
+               "overrides": {**GAN_SGD, **TINY_GAN, "model.decoder_widths": [16, 8], "model.code_dim": 32}},
+}
 
 
 @pytest.mark.slow
-def test_every_recipe_steps_on_eight_devices_as_on_one(smoke_data_dir, compilation_cache, tmp_path):
-    result = train_on_eight_devices_and_one(EIGHT_VS_ONE, smoke_data_dir, compilation_cache, tmp_path)
-    assert set(result) == {"idennet", "phanet", "halawa", "fersnet", "ipdfer"}
-    for name, r in result.items():
-        # FERSNet: 1.4e-4 measured; its instance norms (FES branch, decoder, AdaIN) divide by per-example
-        # spatial spreads that are small for some channels, which amplifies float reassociation.
-        tolerance = 1e-3 if name == "fersnet" else 1e-5
-        assert r["params"] < tolerance and r["model_state"] < tolerance, (name, r)
-        # Each player's momentum is a trace of gradients, which carry the reordered sums' noise unscaled by
-        # a learning rate: 1e-4 of them, where gradients are O(1).
-        assert r["opt_states"] < 1e-3, (name, r)
-        players = {k.split("/")[0] for k in r["metrics1"] if "/" in k}
-        assert players == ({"discriminator", "generator"} if name in ("fersnet", "ipdfer") else
-                           {"adversary", "model"} if name == "halawa" else {"model"}), (name, players)
-        for key, value in r["metrics1"].items():
-            if key.endswith("/loss") or key in ("adversary/identity_ce", "model/pose_adversary"):
-                assert r["metrics8"][key] == pytest.approx(value, rel=1e-4, abs=1e-5), (name, key)
+@pytest.mark.parametrize("name", sorted(EIGHT_VS_ONE))
+def test_recipe_steps_on_eight_devices_as_on_one(name, smoke_data_dir, compilation_cache, tmp_path):
+    result = train_on_eight_devices_and_one([EIGHT_VS_ONE[name]], smoke_data_dir, compilation_cache, tmp_path)
+    r = result[name]
+    # FERSNet: 1.4e-4 measured; its instance norms (FES branch, decoder, AdaIN) divide by per-example
+    # spatial spreads that are small for some channels, which amplifies float reassociation.
+    tolerance = 1e-3 if name == "fersnet" else 1e-5
+    assert r["params"] < tolerance and r["model_state"] < tolerance, (name, r)
+    # Each player's momentum is a trace of gradients, which carry the reordered sums' noise unscaled by
+    # a learning rate: 1e-4 of them, where gradients are O(1); FERSNet's, like its parameters', are
+    # amplified by its instance norms (its parameter bound / its learning rate 0.02).
+    assert r["opt_states"] < (5e-2 if name == "fersnet" else 1e-3), (name, r)
+    players = {k.split("/")[0] for k in r["metrics1"] if "/" in k}
+    expected = {"adversary", "model"} if name == "halawa" else {"discriminator", "generator"}
+    assert players == expected, players
+    for key, value in r["metrics1"].items():
+        if key.endswith("/loss") or key in ("adversary/identity_ce", "model/pose_adversary"):
+            assert r["metrics8"][key] == pytest.approx(value, rel=1e-4, abs=1e-5), (name, key)
 
 
 @pytest.mark.slow
@@ -270,8 +271,8 @@ def test_cli_trains_and_evaluates_phanet_as_it_does_the_baseline(smoke_data_dir,
     train = idfer("train", *common_args, env=env)
     assert train.returncode == 0, train.stderr[-3000:]
     logs = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
-    assert logs[-1]["loss/expression"] < 0.9 * logs[0]["loss/expression"], logs
-    assert "weight/pose" in logs[-1] and "scale_weight/1" in logs[-1]
+    assert logs[-1]["model/loss/expression"] < 0.9 * logs[0]["model/loss/expression"], logs
+    assert "model/weight/pose" in logs[-1] and "model/scale_weight/1" in logs[-1]
     evaluate = idfer("evaluate", *common_args, env=env)
     assert evaluate.returncode == 0, evaluate.stderr[-3000:]
     results = json.load(open(tmp_path / "eval_results.json"))

@@ -181,10 +181,12 @@ def test_eight_devices_match_one_and_two_hosts_and_their_checkpoints_restore_on_
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.load(open(tmp_path / "result.json"))
-    # Same global batch and maths; only the order of the cross-device sums differs. Per-device
-    # BatchNorm statistics (what pmap without axis_name gives) would miss the batch_stats bound by far.
+    # Same global batch and maths; only the order of the cross-device sums differs: 1.3e-6 and 1.8e-5
+    # measured on the smoke set prepared outside pytest, with this code and the code before the
+    # `model/` metric names alike (statistics up to ~2, so ~1e-5 relative). Per-device BatchNorm
+    # statistics (what pmap without axis_name gives) would miss the batch_stats bound by far.
     assert result["max_abs_diff"] < 1e-5, result
-    assert result["batch_stats_diff"] < 1e-5, result
+    assert result["batch_stats_diff"] < 1e-4, result
 
     # This process has one CPU device: restore the 8-device checkpoint here.
     assert len(jax.devices()) == 1

@@ -203,7 +203,9 @@ def _os_error_line(e: OSError) -> str:
 def _main(argv: list[str]) -> None:
     commands = argv[1:]
     if commands and commands[0] == "compare":
-        given = [f"--{name}" for name in ("config", "workdir", *COMMAND_FLAGS) if flags.FLAGS[name].present]
+        given = [f"--{name}" for name in ("config", "workdir", "folds", "multihost", "coordinator_address",
+                                          "num_processes", "process_id", *COMMAND_FLAGS)
+                 if flags.FLAGS[name].present]
         if given:
             raise UsageError(f"`idfer compare` takes crossval workdirs, not {', '.join(given)}: "
                              "idfer compare DIR [NAME=DIR ...].")

@@ -142,7 +142,23 @@ def test_idfer_compare_tables_runs_on_the_same_folds_and_refuses_others(tmp_path
     assert "| baseline " in table and "| with adversary " in table
     assert "0.500 ± 0.010" in table and "0.750 ± 0.010" in table
     other = finished_run("c", [[0, 2], [1, 3]], 0.9)
-    with pytest.raises(CompareError, match="held out other subjects"):
+    with pytest.raises(CompareError, match="test_subjects differ"):
         compare([a, other])
     with pytest.raises(CompareError, match="idfer crossval"):
         compare([str(tmp_path / "missing")])
+    # A sweep directory with '=' in its name, named or not.
+    swept = finished_run("lr=0.1", [[0, 1], [2, 3]], 0.6)
+    assert "0.600 ± 0.010" in compare([a, swept]) and "| sweep " in compare([a, f"sweep={swept}"])
+    # Another dataset on the same subject ids does not compare either.
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "crossval_results.json").write_text((tmp_path / "a" / "crossval_results.json").read_text())
+    (d / "folds.json").write_text(json.dumps({"test_subjects": [[0, 1], [2, 3]], "dataset": "jaffe"}))
+    with pytest.raises(CompareError, match="dataset differ"):
+        compare([a, str(d)])
+    # A cut, empty or foreign results file is an error that says how to write it again.
+    for content, message in [('{"mean_std": {', "cannot be read"), ("", "cannot be read"),
+                             ("[]", "holds a list"), ("{}", "not the result of `idfer crossval`")]:
+        (d / "crossval_results.json").write_text(content)
+        with pytest.raises(CompareError, match=message):
+            compare([str(d)])

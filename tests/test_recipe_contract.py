@@ -206,3 +206,62 @@ def test_a_new_recipe_is_one_module_and_its_config(smoke_data_dir, tmp_path, mon
     config.method = "my_recipes.no_such_recipe"
     with pytest.raises(configuration.ConfigError, match="cannot be imported"):
         api.train(config, str(tmp_path / "other"))
+
+
+def test_odd_recipe_names_and_registrations_are_config_errors(tmp_path, monkeypatch):
+    (tmp_path / "broken_recipe.py").write_text("raise RuntimeError('half-written recipe')\n")
+    (tmp_path / "not_a_recipe.py").write_text("x = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    config = tiny_config(smoke("baseline"))
+    for method, message in [("idfer_jax.methods", "absolute import path of a recipe"),
+                            (".baseline", "absolute import path"),
+                            ("no_such_package.recipe", "cannot be imported"),
+                            ("broken_recipe.x", "RuntimeError: half-written recipe"),
+                            ("not_a_recipe.", "cannot be imported")]:
+        config.method = method
+        with pytest.raises(configuration.ConfigError, match=message):
+            configuration.validate(config)
+    monkeypatch.setitem(methods.METHODS, "placeholder", "idfer_jax.methods.baseline")  # restored after
+    with pytest.raises(configuration.ConfigError, match="RuntimeError: half-written recipe"):
+        methods.register("placeholder", "broken_recipe")
+    with pytest.raises(configuration.ConfigError, match="not a recipe"):
+        methods.register("placeholder", "not_a_recipe")
+    with pytest.raises(configuration.ConfigError, match="takes a module path"):
+        methods.register("placeholder", 42)
+
+
+def test_a_registered_build_that_ignores_an_adversary_or_names_an_unknown_evaluation_is_refused(monkeypatch):
+    import dataclasses
+
+    from idfer_jax.methods import fersnet
+
+    spec = fake_spec(has_neutral=True)
+    monkeypatch.setitem(methods.METHODS, "my_gan", None)
+    methods.register("my_gan", fersnet.build)  # a function cannot say it has no generic adversaries
+    config = tiny_config(smoke("fersnet"))
+    config.method = "my_gan"
+    config.adversary.identity = 1.0
+    with pytest.raises(configuration.ConfigError, match="built no adversary player"):
+        methods.build(config, spec)
+    config.adversary.identity = 0.0
+    def asking_for(*evaluations):
+        return lambda c, s: dataclasses.replace(fersnet.build(c, s), evaluations=evaluations)
+
+    methods.register("my_gan", asking_for("attention_map"))
+    with pytest.raises(configuration.ConfigError, match=r"evaluations \['attention_map'\]"):
+        methods.build(config, spec)
+    methods.register("my_gan", asking_for("neutralisation"))
+    with pytest.raises(configuration.ConfigError, match=r"no generators \['neutralise'\]"):
+        methods.build(config, spec)
+
+
+@pytest.mark.parametrize("recipe", ["fersnet", "ipdfer"])
+def test_gan_recipes_accept_a_config_without_an_adversary_block_and_refuse_negative_weights(recipe):
+    config = tiny_config(smoke(recipe))
+    with config.unlocked():
+        del config["adversary"]
+    configuration.validate(config)
+    config = tiny_config(smoke(recipe))
+    config.model.loss_weights.identity = -1.0
+    with pytest.raises(configuration.ConfigError, match="must be >= 0"):
+        configuration.validate(config)

@@ -31,6 +31,7 @@ from idfer_jax.data.synthetic_factors import (  # noqa: F401  (re-exported: the 
     EXPRESSIONS,
     INTENSITY_RANGE,
     PITCH_RANGE,
+    PROTOTYPES,
     ROLL_RANGE,
     YAW_RANGE,
     SyntheticFacesConfig,

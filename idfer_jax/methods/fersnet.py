@@ -139,7 +139,10 @@ def build(config, data_spec: DataSpec) -> Method:
             "adversarial": gen.generator_adversarial_loss(discriminator, params, synthesis, onehot(y_t)),
             "cycle": losses.mse(cycled["synthesis"], x),
         }
-        loss, metrics = losses.WeightedSum(w)({}, terms)  # metrics: loss/<term>, weight/<term>
+        # Terms weighted 0 stay out of the loss (and its backward pass); every term is logged.
+        loss, metrics = losses.WeightedSum({k: w[k] for k in terms if w[k] > 0})(
+            {}, {k: v for k, v in terms.items() if w[k] > 0})
+        metrics.update({f"loss/{k}": v for k, v in terms.items() if w[k] == 0})
         metrics["accuracy"] = common.accuracy(outputs["logits"], y_s)
         metrics["paired"] = jnp.mean(batch["partner_mask"])
         return loss, (state, metrics)

@@ -57,6 +57,10 @@ def check_loss_weights(config, known, recipe: str) -> None:
     if unknown:
         raise ConfigError(f"Unknown {recipe} loss weights {sorted(unknown)} in config.model.loss_weights; "
                           f"known: {', '.join(known)}.")
+    negative = {k: v for k, v in config.model.loss_weights.items() if not float(v) >= 0}
+    if negative:
+        raise ConfigError(f"{recipe} loss weights must be >= 0 (0 switches a term off); got {negative} in "
+                          "config.model.loss_weights.")
 
 
 def identity_network(config) -> nn.Module:

@@ -208,9 +208,11 @@ def build(config, data_spec: DataSpec) -> Method:
         fakes = jnp.concatenate([outputs["neutral"], outputs["reconstruction"]])
         terms["adversarial"] = gen.generator_adversarial_loss(discriminator, params, fakes,
                                                               gen.no_condition(fakes))
-        # The terms this batch and config have (pose needs yaw labels, neutral a target); metrics
-        # loss/<term>, weight/<term>.
-        loss, metrics = losses.WeightedSum({k: w[k] for k in terms})({}, terms)
+        # The terms this batch and config have (pose needs yaw labels, neutral a target); those weighted
+        # 0 stay out of the loss (and its backward pass), every term is logged.
+        loss, metrics = losses.WeightedSum({k: w[k] for k in terms if w[k] > 0})(
+            {}, {k: v for k, v in terms.items() if w[k] > 0})
+        metrics.update({f"loss/{k}": v for k, v in terms.items() if w[k] == 0})
         metrics["accuracy"] = common.accuracy(outputs["logits"], y)
         if neutral_target_key == "neutral_image":
             metrics["neutral_l1"] = jnp.mean(jnp.abs(outputs["neutral"] - batch["neutral_image"]))

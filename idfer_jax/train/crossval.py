@@ -191,8 +191,11 @@ def write_outputs(workdir: str, config, summary: dict, per_fold: list[dict]) -> 
     )
     rows = summary["folds"]
     E.write_csv(rows, os.path.join(workdir, "crossval_folds.csv"))
-    with open(os.path.join(workdir, "crossval_results.json"), "w") as f:
+    # Written whole or not at all (a killed run must not leave half a file for `idfer compare`).
+    path = os.path.join(workdir, "crossval_results.json")
+    with open(path + ".tmp", "w") as f:
         json.dump({**summary, "config": config.to_dict()}, f, indent=1, default=str)
+    os.replace(path + ".tmp", path)
 
     mean_rows = [{"": "mean", **{k: v["mean"] for k, v in summary["mean_std"].items()}},
                  {"": "std", **{k: v["std"] for k, v in summary["mean_std"].items()}}]
@@ -233,29 +236,47 @@ class CompareError(UserError, ValueError):
 def compare(runs: Sequence[str]) -> str:
     """One Markdown table comparing finished cross-validations (`idfer compare DIR [NAME=DIR ...]`).
 
-    Each run is a `crossval` workdir, or `NAME=DIR` to name its row (default: the run's method). Reads
+    Each run is a `crossval` workdir, or `NAME=DIR` to name its row (default: the run's method; an
+    argument that is an existing directory is taken whole, so `runs/lr=0.1` works). Reads
     `DIR/crossval_results.json` and `DIR/folds.json`; the rows are `evaluation.comparison_table`'s (mean ±
-    std over folds). CompareError when a run is missing or the runs were not split into the same folds:
-    results on different subjects do not compare.
+    std over folds). CompareError when a run is missing, unreadable, or was not split like the first one
+    (dataset, protocol, folds, split seed, classes): results on different subjects do not compare.
     """
     if not runs:
         raise CompareError("Give at least one crossval workdir: idfer compare DIR [NAME=DIR ...].")
-    summaries, folds, names = [], [], []
+    summaries, fold_files, names = [], [], []
     for run in runs:
-        name, _, directory = run.rpartition("=")
-        path = os.path.join(directory, "crossval_results.json")
-        if not os.path.isfile(path):
-            raise CompareError(f"{path} does not exist: `idfer crossval --workdir={directory} ...` writes it "
-                               "when every fold has finished.")
-        with open(path) as f:
-            summary = json.load(f)
-        with open(os.path.join(directory, "folds.json")) as f:
-            folds.append(json.load(f).get("test_subjects"))
+        name, directory = ("", run) if os.path.isdir(run) or "=" not in run else run.split("=", 1)
+        summary = _read_finished(os.path.join(directory, "crossval_results.json"), directory)
+        fold_files.append(_read_finished(os.path.join(directory, "folds.json"), directory))
+        if not isinstance(summary.get("mean_std"), dict):
+            raise CompareError(f"{directory}/crossval_results.json has no per-fold mean and std (mean_std): "
+                               "it is not the result of `idfer crossval`.")
         summaries.append(summary)
         names.append(name or summary.get("method", directory))
-    different = [r for r, f in zip(runs, folds, strict=True) if f != folds[0]]
-    if different:
-        raise CompareError(f"{', '.join(different)} held out other subjects than {runs[0]} (their "
-                           "folds.json differ), so their numbers do not compare; rerun them on the same "
-                           "folds (same dataset, protocol, num_folds and split seed).")
+    for run, fold_file in zip(runs[1:], fold_files[1:], strict=True):
+        diffs = [k for k in _SPLIT_KEYS if fold_file.get(k) != fold_files[0].get(k)]
+        if diffs:
+            raise CompareError(
+                f"{run} was split otherwise than {runs[0]} ({', '.join(diffs)} differ in their folds.json), "
+                "so their numbers do not compare; rerun them on the same data and folds (same dataset, "
+                "protocol, num_folds, split seed and classes).")
     return E.comparison_table(summaries, names=names)
+
+
+def _read_finished(path: str, directory: str) -> dict:
+    """A JSON object `idfer crossval` wrote in `directory`, or CompareError saying how to get it."""
+    try:
+        with open(path) as f:
+            content = json.load(f)
+    except FileNotFoundError:
+        raise CompareError(f"{path} does not exist: `idfer crossval --workdir={directory} ...` writes it "
+                           "when every fold has finished.") from None
+    except (OSError, ValueError) as e:
+        raise CompareError(f"{path} cannot be read ({e}): rerun `idfer crossval --workdir={directory} "
+                           "...` with the same config to write it again (finished folds are not "
+                           "retrained).") from None
+    if not isinstance(content, dict):
+        raise CompareError(f"{path} holds a {type(content).__name__}, not what `idfer crossval` writes; "
+                           f"rerun it with --workdir={directory}.")
+    return content

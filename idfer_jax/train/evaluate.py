@@ -30,6 +30,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from idfer_jax import evaluation as E
+from idfer_jax.configuration import ConfigError
 from idfer_jax.data import pipeline
 from idfer_jax.train.checkpoint import CheckpointMismatchError
 from idfer_jax.train.trainer import BuildMethod, Trainer, to_global
@@ -134,10 +135,7 @@ def _short(value, limit: int = 80) -> str:
 
 def evaluate(config, workdir: str, build_method: BuildMethod, devices=None) -> dict:
     trainer = Trainer(config, build_method, devices)
-    unknown = [name for name in trainer.method.evaluations if name not in EVALUATORS]
-    if unknown:
-        raise ValueError(f"Method {trainer.method.name} asks for evaluations {unknown}; the known ones are "
-                         f"{sorted(EVALUATORS)} (train/evaluate.py's EVALUATORS).")
+    check_evaluations(trainer.method)
     step, variables = trainer.restore_variables(workdir)
     check_same_split(trainer.dataset.fold_file, workdir, config.data.get("fold_file") or "")
     spec = trainer.dataset.spec
@@ -247,6 +245,9 @@ def evaluate_neutralisation(context: EvalContext) -> dict:
     return {**written, "neutralisation": neutralisation_metrics(context.trainer, context.variables,
                                                                 context.trainer.dataset.test_indices)}
 
+
+# The `Method.generators` an evaluator draws with (methods.build checks a method has them).
+EVALUATOR_GENERATORS = {"expression_transfer": ("transfer",), "neutralisation": ("neutralise",)}
 
 # What a method can ask `idfer evaluate` for (`Method.evaluations`), by name: each a function of the
 # EvalContext returning entries for `eval_results.json` (figures it wrote, numbers it measured).
@@ -494,3 +495,17 @@ def write_outputs(workdir: str, results: dict) -> None:
         title=f"idfer_jax report: {results['method']} on {results['dataset']}",
         sections=sections,
     )
+
+
+def check_evaluations(method) -> None:
+    """ConfigError unless `method.evaluations` names known evaluators whose generators the method has
+    (run when a recipe is built, so a typo fails before training, not after)."""
+    unknown = [e for e in method.evaluations if e not in EVALUATORS]
+    if unknown:
+        raise ConfigError(f"Method {method.name} asks for evaluations {unknown}; the known ones are "
+                          f"{sorted(EVALUATORS)} (train/evaluate.py's EVALUATORS).")
+    for evaluation in method.evaluations:
+        missing = [g for g in EVALUATOR_GENERATORS.get(evaluation, ()) if g not in method.generators]
+        if missing:
+            raise ConfigError(f"Method {method.name} asks for the {evaluation!r} evaluation but has no "
+                              f"generators {missing} (Method.generators) to draw it with.")

@@ -108,8 +108,8 @@ def test_batch_stats_only_for_batch_norm(norm, has_stats):
     assert out.shape == (2, 48)
 
 
-@pytest.mark.parametrize("norm", [*(pytest.param(n, marks=pytest.mark.slow) for n in ("group", "instance")),
-                                  "layer"])
+@pytest.mark.slow
+@pytest.mark.parametrize("norm", ["group", "instance", "layer"])
 def test_stateless_norms_run_in_train_mode_without_mutable(norm):
     model = ResNet(stage_sizes=(1, 1), widths=(8, 48), stem="small", norm=norm)
     x = _images(2, 8)

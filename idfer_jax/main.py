@@ -209,6 +209,8 @@ def _main(argv: list[str]) -> None:
         if given:
             raise UsageError(f"`idfer compare` takes crossval workdirs, not {', '.join(given)}: "
                              "idfer compare DIR [NAME=DIR ...].")
+        if len(commands) == 1:
+            raise UsageError("Give at least one crossval workdir: idfer compare DIR [NAME=DIR ...].")
         from idfer_jax.train import crossval
 
         print(crossval.compare(commands[1:]))

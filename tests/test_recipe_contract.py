@@ -265,3 +265,21 @@ def test_gan_recipes_accept_a_config_without_an_adversary_block_and_refuse_negat
     config.model.loss_weights.identity = -1.0
     with pytest.raises(configuration.ConfigError, match="must be >= 0"):
         configuration.validate(config)
+
+
+def test_a_method_without_logits_and_features_is_refused_before_it_trains(smoke_config):
+    import dataclasses
+
+    from idfer_jax.methods import baseline
+    from idfer_jax.train.trainer import Trainer
+
+    def build(config, spec):
+        method = baseline.build(config, spec)
+        def logits_only(variables, images):
+            return {"logits": method.apply(variables, images)["logits"]}
+
+        return dataclasses.replace(method, apply=logits_only)
+
+    trainer = Trainer(smoke_config, build)
+    with pytest.raises(configuration.ConfigError, match=r"without \['features'\]"):
+        trainer.check_outputs(trainer.abstract_state().variables())

@@ -244,16 +244,21 @@ def compare(runs: Sequence[str]) -> str:
     """
     if not runs:
         raise CompareError("Give at least one crossval workdir: idfer compare DIR [NAME=DIR ...].")
-    summaries, fold_files, names = [], [], []
+    summaries, fold_files, names, directories = [], [], [], []
     for run in runs:
         name, directory = ("", run) if os.path.isdir(run) or "=" not in run else run.split("=", 1)
+        directories.append(directory)
         summary = _read_finished(os.path.join(directory, "crossval_results.json"), directory)
         fold_files.append(_read_finished(os.path.join(directory, "folds.json"), directory))
         if not isinstance(summary.get("mean_std"), dict):
             raise CompareError(f"{directory}/crossval_results.json has no per-fold mean and std (mean_std): "
                                "it is not the result of `idfer crossval`.")
         summaries.append(summary)
-        names.append(name or summary.get("method", directory))
+        names.append(name)
+    # An unnamed row is its method's, or its directory's where two rows would share one.
+    methods = [s.get("method", "?") for s in summaries]
+    names = [n or (m if methods.count(m) == 1 else os.path.basename(os.path.normpath(d)))
+             for n, m, d in zip(names, methods, directories, strict=True)]
     for run, fold_file in zip(runs[1:], fold_files[1:], strict=True):
         diffs = [k for k in _SPLIT_KEYS if fold_file.get(k) != fold_files[0].get(k)]
         if diffs:

@@ -137,6 +137,7 @@ def evaluate(config, workdir: str, build_method: BuildMethod, devices=None) -> d
     trainer = Trainer(config, build_method, devices)
     check_evaluations(trainer.method)
     step, variables = trainer.restore_variables(workdir)
+    trainer.check_outputs(variables)
     check_same_split(trainer.dataset.fold_file, workdir, config.data.get("fold_file") or "")
     spec = trainer.dataset.spec
     out = collect_outputs(trainer, variables, trainer.dataset.test_indices)

@@ -199,6 +199,7 @@ class Trainer:
             out_shardings=self.replicated,
         )
         state = init(rng)
+        self.check_outputs(state.variables())
         if self.method.frozen_variables is not None:
             frozen = jax.device_put(self.method.frozen_variables(), self.replicated)
             _check_frozen(state.model_state, frozen)
@@ -213,6 +214,21 @@ class Trainer:
             out_shardings=(self.replicated, self.replicated),
             donate_argnums=0,
         )
+
+    def check_outputs(self, variables) -> None:
+        """ConfigError unless `method.apply` returns what evaluation reads: 'logits' (N, num_classes)
+        and 'features' (N, D), the expression features the leakage probes read (traced, not run)."""
+        h, w, c = self.dataset.spec.image_shape
+        images = jax.ShapeDtypeStruct((2, h, w, c), jnp.float32)
+        outputs = jax.eval_shape(self.method.apply, variables, images)
+        missing = [k for k in ("logits", "features") if k not in outputs]
+        if missing:
+            raise configuration.ConfigError(
+                f"{self.method.name}'s apply(variables, images) returns {sorted(outputs)}, without "
+                f"{missing}: evaluation needs 'logits' (N, num_classes) and 'features' (N, D), the "
+                "expression features the leakage probes read. Return both from the model (see "
+                "train/interface.py)."
+            )
 
     def abstract_state(self) -> TrainState:
         with weights.shapes_only():  # a restored state needs no pretrained file

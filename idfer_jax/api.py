@@ -73,6 +73,17 @@ def evaluate(config, workdir, *, devices=None) -> dict:
     return evaluate_lib.evaluate(config, workdir, methods.build, devices)
 
 
+def sweep(config, workdir, key: str, values, *, select: str = "", tolerance: float = 0.01, devices=None,
+          restart: bool = False) -> dict:
+    """A crossval of `config` for each value (text) of the dotted config `key`, with the value to report
+    chosen on held-out training subjects (`idfer sweep`; see `idfer_jax.train.sweep`)."""
+    from idfer_jax.train import sweep as sweep_lib
+
+    config, workdir = as_config(config), as_workdir(workdir)
+    return sweep_lib.sweep(config, workdir, key, [str(v) for v in values], methods.build, select=select,
+                           tolerance=tolerance, devices=devices, restart=restart)
+
+
 def crossval(config, workdir, *, devices=None, restart: bool = False) -> dict:
     """Trains and evaluates every fold of the protocol (resuming finished ones); pooled report.
 

@@ -58,6 +58,13 @@ def data(**overrides) -> ml_collections.ConfigDict:
     c.augment = ml_collections.ConfigDict(AUGMENT_DEFAULTS)  # more training-time augmentation, all off
     c.with_neutral = False
     c.partner = ""  # '' | other_expression | neutral: a same-subject partner image per training example
+    # Share of the fold's training subjects held out as a validation split (for choosing a loss weight
+    # or a checkpoint without the test fold: `idfer sweep`); 0 = none.
+    c.validation_fraction = 0.0
+    # P > 0: every global training batch holds exactly P distinct subjects x K = train.batch_size / P
+    # images each (pipeline.SubjectBalancedSampler), so identity adversaries see learnable identities;
+    # 0 = plain shuffled batches.
+    c.subjects_per_batch = 0
     c.worker_count = 0
     c.update(overrides)
     return c
@@ -121,14 +128,18 @@ def adversary(**overrides) -> ml_collections.ConfigDict:
     """The `config.adversary` block: the identity and pose adversaries any recipe can switch on, and
     the formulation every adversary of the run uses (Halawa et al.'s expression adversary included)."""
     c = ml_collections.ConfigDict()
-    c.formulation = "uniform"  # uniform | grl | negated_ce
+    c.formulation = "uniform"  # uniform | grl | negated_ce | ridge (closed form, see methods/adversaries.py)
     c.identity = 0.0  # weight of the identity adversary on the expression features; 0 = off
     c.pose = 0.0  # weight of the pose (yaw bin) adversary on the expression features; 0 = off
     c.pose_bin_edges = (20.0, 40.0)  # |yaw| edges in degrees: 5 mirror-symmetric bins
     c.hidden = 256  # [choice] one hidden ReLU layer, like the MLP leakage probe
+    c.depth = 1  # hidden layers of a trained adversary: 0 = linear, 2+ = more capacity
+    c.ridge_alphas = (0.1, 1.0, 10.0)  # [choice] `ridge`: penalties tried on each batch, the best fit kept
+    c.ridge_kernel = "linear"  # `ridge`: linear | rbf (a non-linear closed-form adversary)
     c.standardize = True  # [choice] adversaries read batch-standardized features (adversaries.AdversaryHead)
     c.learning_rate = 0.0  # 0 = the main optimizer's learning rate
     c.steps = 1  # adversary sub-updates per train step
+    c.replay = 0  # past batches of features a trained adversary also learns from (a replay buffer); 0 = off
     c.update(overrides)
     return c
 

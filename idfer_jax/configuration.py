@@ -249,13 +249,23 @@ def validate(config, *, recipes: bool = True) -> None:
             _number(config, key, minimum=0.0)
         _number(config, "adversary.steps", minimum=1, integer=True)
         _number(config, "adversary.hidden", minimum=1, integer=True)
+        _number(config, "adversary.depth", minimum=0, integer=True)
+        _number(config, "adversary.replay", minimum=0, integer=True)
+        _choice(config, "adversary.ridge_kernel", adversaries.RIDGE_KERNELS)
+        alphas = _lookup(config, "adversary.ridge_alphas")
+        if alphas is not _ABSENT and (not isinstance(alphas, (tuple, list)) or not alphas or any(
+                isinstance(a, bool) or not isinstance(a, (int, float)) or not a > 0 for a in alphas)):
+            raise ConfigError(f"config.adversary.ridge_alphas={alphas!r} must be a non-empty tuple of "
+                              "positive numbers, e.g. --config.adversary.ridge_alphas=\"(0.1, 1.0, 10.0)\".")
     _number(config, "data.image_size", minimum=1, integer=True)
     for key, below in (("resized_crop_scale", 1.000001), ("grey", 1.000001), ("erasing", 1.000001),
                        ("contrast", 1.000001), ("rotation", 180.000001), ("aspect_ratio", None),
                        ("brightness", None), ("saturation", None)):
         _number(config, f"data.augment.{key}", minimum=0.0, below=below)
-    for key in ("data.crop_padding", "data.worker_count", "data.fold"):
+    _number(config, "data.validation_fraction", minimum=0.0, below=0.9)
+    for key in ("data.crop_padding", "data.worker_count", "data.fold", "data.subjects_per_batch"):
         _number(config, key, minimum=0, integer=True)
+    _check_subjects_per_batch(config)
     class_names = _lookup(config, "data.class_names")
     if class_names is not _ABSENT and class_names:
         _check_class_names(tuple(class_names))
@@ -296,6 +306,20 @@ def _check_fine_tuning(config, backbones) -> None:
         raise ConfigError(f"config.model.freeze_until={freeze!r}: {name!r} has {stages} stages; use 0 "
                           f"(train all), 1..{stages} (freeze stages 1..k) or -1 (freeze the whole backbone: "
                           "a linear probe).")
+
+
+def _check_subjects_per_batch(config) -> None:
+    """data.subjects_per_batch = P must split train.batch_size into P equal groups (the subject count of
+    the fold is checked by the pipeline, which has the data)."""
+    p, batch = _lookup(config, "data.subjects_per_batch"), _lookup(config, "train.batch_size")
+    if p is _ABSENT or batch is _ABSENT or not p or batch % p == 0:
+        return
+    divisors = [d for d in range(1, batch + 1) if batch % d == 0]
+    raise ConfigError(
+        f"config.data.subjects_per_batch={p} does not divide config.train.batch_size={batch}: each batch "
+        f"holds P subjects x K images. Set --config.train.batch_size to a multiple of {p} (e.g. "
+        f"{max(p, batch // p * p)} or {batch // p * p + p}) or --config.data.subjects_per_batch to a "
+        f"divisor of {batch} ({', '.join(map(str, divisors))}).")
 
 
 def _check_class_names(names: tuple) -> None:

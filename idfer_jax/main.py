@@ -5,6 +5,8 @@
     idfer crossval --config=configs/baseline_ckplus.py --workdir=DIR [--folds=N]
     idfer bench    --config=configs/baseline_synthetic.py --workdir=DIR [--recipes=all] [--devices=1,all]
                    [--dtypes=float32,bfloat16] [--inputs=memory,pipeline] [--steps=20] [--torch=false]
+    idfer sweep    --config=FILE --workdir=DIR --sweep=adversary.identity=0,1,3 [--select=identity|pose]
+                   (a crossval per value; the value to report is chosen on held-out training subjects)
     idfer compare  DIR [NAME=DIR ...]   (finished crossval workdirs: one table, mean +- std over folds)
 
 Multi-host (a TPU pod slice, a GPU cluster): run the same command on every host with `--multihost`; on TPU
@@ -36,10 +38,11 @@ from ml_collections.config_flags import config_flags
 from idfer_jax import configuration
 from idfer_jax.errors import UserError
 
-COMMANDS = ("train", "evaluate", "crossval", "bench", "compare")
+COMMANDS = ("train", "evaluate", "crossval", "sweep", "bench", "compare")
 # Flags that only some commands read; given to another, they would be silently ignored.
 COMMAND_FLAGS = {"recipes": ("bench",), "devices": ("bench",), "dtypes": ("bench",), "inputs": ("bench",),
-                 "steps": ("bench",), "torch": ("bench",), "restart": ("train", "crossval")}
+                 "steps": ("bench",), "torch": ("bench",), "restart": ("train", "crossval", "sweep"),
+                 "sweep": ("sweep",), "select": ("sweep",), "tolerance": ("sweep",)}
 USAGE = (f"idfer {{{'|'.join(c for c in COMMANDS if c != 'compare')}}} --config=FILE --workdir=DIR "
          "[--config.KEY=VALUE ...], or idfer compare DIR [NAME=DIR ...]")
 
@@ -82,6 +85,14 @@ _INPUTS = flags.DEFINE_string(
 _STEPS = flags.DEFINE_integer("steps", 20, "bench: timed steps per measurement (after the first).")
 _TORCH = flags.DEFINE_bool(
     "torch", True, "bench: also time the PyTorch reference of the baseline (needs torch installed).")
+_SWEEP = flags.DEFINE_string(
+    "sweep", None, "sweep: KEY=V1,V2,... one config key and its values, e.g. adversary.identity=0,1,3,10 "
+    "(include 0, the baseline).")
+_SELECT = flags.DEFINE_string(
+    "select", "", "sweep: the leakage the reported value minimises on the validation subjects: identity "
+    "or pose ('' = pose for a key named *pose*, else identity).")
+_TOLERANCE = flags.DEFINE_float(
+    "tolerance", 0.01, "sweep: the validation accuracy the chosen value may lose against the baseline.")
 _MULTIHOST = flags.DEFINE_bool(
     "multihost", False, "Join a multi-host JAX system (jax.distributed.initialize) before anything else: "
     "TPU pods, Slurm and Open MPI need nothing more; elsewhere give the three flags below."
@@ -240,8 +251,10 @@ def _main(argv: list[str]) -> None:
         logging.set_verbosity(logging.WARNING)
 
     config, workdir = _CONFIG.value, _WORKDIR.value
+    if commands[0] == "sweep" and not _SWEEP.value:
+        raise UsageError("idfer sweep needs --sweep=KEY=V1,V2,..., e.g. --sweep=adversary.identity=0,1,3,10.")
     if _FOLDS.value is not None:
-        if commands[0] != "crossval":
+        if commands[0] not in ("crossval", "sweep"):
             raise UsageError("--folds is a crossval option; use --config.data.fold to pick a fold.")
         if config.data.protocol != "kfold":
             raise UsageError(
@@ -273,6 +286,16 @@ def _run_command(command: str, config, workdir: str) -> None:
         acc = summary["mean_std"]["accuracy"]
         announce(f"Accuracy {acc['mean']:.4f} +- {acc['std']:.4f} over {summary['num_folds']} folds; "
                  f"report: {workdir}/crossval_report.md")
+    elif command == "sweep":
+        from idfer_jax.train import sweep as sweep_lib
+
+        key, values = sweep_lib.parse_grid(_SWEEP.value)
+        result = api.sweep(config, workdir, key, values, select=_SELECT.value, tolerance=_TOLERANCE.value,
+                           restart=_RESTART.value)
+        run = result["runs"][result["chosen"]]
+        announce(f"Chosen on validation subjects: {key}={run['value']}: test accuracy "
+                 f"{run['test']['accuracy']['mean']:.4f} +- {run['test']['accuracy']['std']:.4f}; "
+                 f"report: {workdir}/sweep.md")
     elif command == "bench":
         from ml_collections import config_flags
 

@@ -100,12 +100,12 @@ def test_every_generic_switch_applies_or_is_an_error_naming_it(recipe, switch):
 
 
 # The generic adversaries add batch keys (subject, yaw); the GAN recipes refuse them (tested above).
-@pytest.mark.parametrize("recipe, adversary", [(r, False) for r in RECIPES] + [
-    (r, True) for r in RECIPES if r not in ("fersnet", "ipdfer")])
+@pytest.mark.parametrize("recipe, adversary", [(r, "") for r in RECIPES] + [
+    (r, f) for r in RECIPES if r not in ("fersnet", "ipdfer") for f in ("uniform", "ridge")])
 def test_batch_keys_are_what_the_losses_read_and_the_pipeline_gives(recipe, adversary):
     config = tiny_config(smoke(recipe))
     if adversary:
-        config.adversary.update(identity=0.5, pose=0.5)
+        config.adversary.update(identity=0.5, pose=0.5, formulation=adversary)
     spec = fake_spec(has_neutral=True)
     method = methods.build(config, spec)
     pipeline.check_batch_keys(method.name, method.batch_keys, spec, config.data)
@@ -114,8 +114,11 @@ def test_batch_keys_are_what_the_losses_read_and_the_pipeline_gives(recipe, adve
     with weights.shapes_only():
         state = jax.eval_shape(lambda: init_state(method, jax.random.PRNGKey(0), declared))
     # A step on exactly the declared keys traces: a key read but not declared would be a KeyError here.
-    jax.eval_shape(make_train_step(method), state, declared)
+    _, metrics = jax.eval_shape(make_train_step(method), state, declared)
     assert set(method.evaluations) <= set(evaluate.EVALUATORS), method.evaluations
+    if adversary == "ridge":  # solved inside the model's loss: no adversary player, no heads
+        assert [p.name for p in method.players] == ["model"]
+        assert {"model/identity_ridge_r2", "model/pose_ridge_r2"} <= set(metrics), sorted(metrics)
 
 
 def test_a_method_that_reads_a_key_the_data_lacks_is_an_error_naming_the_switch():

@@ -93,6 +93,9 @@ class Dataset:
     # The training records as the sampler draws them: train_indices with each set's records repeated to
     # reach `config.data.mix`; None = train_indices as they are.
     train_sampling: np.ndarray | None = None
+    # Records of the training-fold subjects held out for choosing a model or a loss weight
+    # (`config.data.validation_fraction`); never trained on, never part of the test fold.
+    validation_indices: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
 
     @property
     def num_folds(self) -> int:
@@ -499,6 +502,10 @@ def open_dataset(data_config) -> Dataset:
     usable = labels["expression"] >= 0
     train_idx, test_idx, fold_file = _select_fold(data_config, test_config, protocol, sets, splits, labels,
                                                   part_of, usable, subject_names)
+    train_idx, validation_idx = hold_out_validation_subjects(data_config, train_idx, labels["subject"])
+    if len(validation_idx):
+        held_out = np.unique(labels["subject"][validation_idx])
+        fold_file["validation_subject_names"] = [subject_names.get(int(s), str(s)) for s in held_out]
     names, num_sets = sets.names, sets.num_sets
     dropped = [c for c, i in zip(dataset_classes[0], lookups[0], strict=True) if i < 0]
     training = " + ".join(names[:num_sets])
@@ -529,7 +536,36 @@ def open_dataset(data_config) -> Dataset:
         sampling = mixed_sampling(train_idx, set_of[train_idx], data_config.mix, names[:num_sets],
                                   seed=int(data_config.get("split_seed", 0)))
         fold_file["mix"] = [float(m) for m in data_config.mix]
-    return Dataset(source, labels, train_idx, test_idx, spec, fold_file, sampling)
+    return Dataset(source, labels, train_idx, test_idx, spec, fold_file, sampling, validation_idx)
+
+
+def hold_out_validation_subjects(data_config, train_idx: np.ndarray,
+                                 subjects: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(training records, validation records): `config.data.validation_fraction` of the fold's
+    training subjects (rounded, at least 2 so an identity probe can run on them), drawn from
+    (`split_seed`, `fold`), with all their records, leave training.
+
+    A loss weight or a checkpoint is chosen on these subjects, never on the test fold (the sweep of
+    `idfer sweep`). 0 = no validation split. DataError where the training records have no subject ids
+    or too few subjects to keep at least 2 for training.
+    """
+    fraction = float(data_config.get("validation_fraction", 0.0) or 0.0)
+    if fraction <= 0:
+        return train_idx, np.zeros(0, np.int64)
+    train_subjects = np.unique(subjects[train_idx])
+    if (train_subjects < 0).any():
+        raise DataError(
+            "config.data.validation_fraction > 0 holds out training *subjects*, but this dataset's "
+            "training records have no subject ids. Set --config.data.validation_fraction=0.")
+    count = max(2, int(round(fraction * len(train_subjects))))
+    if len(train_subjects) - count < 2:
+        raise DataError(
+            f"config.data.validation_fraction={fraction} would leave {len(train_subjects) - count} of this "
+            f"fold's {len(train_subjects)} training subjects for training; use a smaller fraction.")
+    rng = np.random.default_rng([int(data_config.get("split_seed", 0)), int(data_config.get("fold", 0)), 1])
+    held_out = rng.choice(train_subjects, size=count, replace=False)
+    is_validation = np.isin(subjects[train_idx], held_out)
+    return train_idx[~is_validation], train_idx[is_validation]
 
 
 @dataclasses.dataclass(frozen=True)

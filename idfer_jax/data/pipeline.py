@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
+import sys
 from collections.abc import Iterator, Sequence
 
 import grain
@@ -293,7 +295,12 @@ class Augment(grain.transforms.RandomMap):
 def train_loader(
     dataset: Dataset, data_config, *, global_batch_size: int, seed: int
 ) -> grain.DataLoader:
-    """An endless shuffled loader of per-process training batches over the training subjects."""
+    """An endless shuffled loader of per-process training batches over the training subjects.
+
+    Each process gets batches of `global_batch_size / process_count` examples (this module's docstring).
+    `data_config.subjects_per_batch` = P > 0 makes every global batch P distinct subjects x K images
+    (`SubjectBalancedSampler`); 0 (or no such key) keeps the plain shuffled stream (`GlobalBatchSampler`).
+    """
     process_count = _process_count()
     if global_batch_size % process_count:
         raise DataError(
@@ -307,10 +314,17 @@ def train_loader(
         pairing = [Partners(dataset.source, dataset.labels, dataset.train_indices, data_config.partner,
                             names.index("neutral") if "neutral" in names else None)]
     local_batch = global_batch_size // process_count
+    subjects_per_batch = int(data_config.get("subjects_per_batch", 0) or 0)
+    if subjects_per_batch:
+        sampler = SubjectBalancedSampler(
+            dataset.labels["subject"][records], records=records, subjects_per_batch=subjects_per_batch,
+            seed=seed, local_batch_size=local_batch, process_count=process_count)
+    else:
+        sampler = GlobalBatchSampler(len(source), seed=seed, local_batch_size=local_batch,
+                                     process_count=process_count)
     return grain.DataLoader(
         data_source=source,
-        sampler=GlobalBatchSampler(len(source), seed=seed, local_batch_size=local_batch,
-                                   process_count=process_count),
+        sampler=sampler,
         operations=[
             *pairing,
             Decode(dataset.spec.pose_keys, dataset.spec.has_neutral and data_config.with_neutral),
@@ -356,6 +370,136 @@ class GlobalBatchSampler:
         record = self._stream[position]
         # The loader's own index stays in the metadata: grain's checkpointed state counts in it.
         return dataclasses.replace(record, index=int(index))
+
+
+class SubjectBalancedSampler:
+    """Global batches of exactly P distinct subjects with K images each (P * K = G, the global batch size).
+
+    Why: an identity adversary (`idfer_jax.methods.adversaries`, METHODS.md section 2) learns who is in
+    an image from the batch it sees. In a plain shuffled batch of a set with many subjects most subjects
+    appear once, so there is little identity signal to learn or to remove; P subjects x K images give
+    every subject in the batch K examples. P is `config.data.subjects_per_batch`, K = G / P.
+
+    `subjects[i]` is the subject of source position `i` (the positions of the training `Subset`, i.e. of
+    `dataset.train_sampling` when `data.mix` repeats records, else of `dataset.train_indices`);
+    `records[i]` is the dataset record at that position (default: each position its own record), so a
+    record that `data.mix` repeats counts once when drawing images and by its number of copies when
+    weighting its subject.
+
+    Global batch `s` is a pure function of `(seed, s)`: `np.random.default_rng([seed, s])` draws
+    - P subjects without replacement, each with probability proportional to its number of positions
+      [choice]: a subject with more images is drawn more often (closer to the plain stream than a
+      uniform draw of subjects), and with `data.mix` the sets keep roughly their mix weights. Over many
+      steps every subject is drawn;
+    - then K distinct records of each drawn subject without replacement; a subject with fewer than K
+      distinct training records gives each of them once and draws the rest with replacement [choice].
+    Rows are grouped by subject [choice]: rows `[j * K, (j + 1) * K)` of the global batch (shape `(G,)` of
+    source positions) are the j-th drawn subject, subjects in the order drawn (random), so a loss can
+    reshape a batch to `(P, K, ...)`.
+
+    The multi-process contract is `GlobalBatchSampler`'s: global batch `s` is the stream positions
+    `[s * G, (s + 1) * G)`, process `p` reads rows `[p * L, (p + 1) * L)` of it (L = G / process count,
+    so on several hosts a process may hold only some of a subject's K images; the global array holds all),
+    the grain `DataLoader` asks for index `k * process_count + p` on process `p`, and each record's
+    augmentation rng is `Philox(seed + stream position)`, as grain's `IndexSampler` gives: the same rows,
+    order and augmentation on 1 or N hosts, and restored with the iterator's state on resume.
+    """
+
+    def __init__(self, subjects: np.ndarray, *, subjects_per_batch: int, seed: int, local_batch_size: int,
+                 process_count: int, records: np.ndarray | None = None):
+        subjects = np.asarray(subjects, np.int64)
+        records = np.arange(len(subjects)) if records is None else np.asarray(records, np.int64)
+        if records.shape != subjects.shape or not len(subjects):
+            raise ValueError(f"subjects ({subjects.shape}) and records ({records.shape}) must be one "
+                             "non-empty entry per source position.")
+        self._p = int(subjects_per_batch)
+        self._local_batch = int(local_batch_size)
+        self._process_count = int(process_count)
+        self._seed = int(seed)
+        global_batch = self._local_batch * self._process_count
+        if self._p < 1:
+            raise ValueError(f"subjects_per_batch must be >= 1; got {self._p} (0 = GlobalBatchSampler).")
+        unknown = int(np.sum(subjects < 0))
+        if unknown:
+            raise DataError(
+                f"config.data.subjects_per_batch={self._p} groups each training batch by subject, but "
+                f"{unknown} of the {len(subjects)} training records have no subject id (-1). Use a dataset "
+                "with subject labels (an image_folder needs a `subject` group in data.pattern or column in "
+                "data.manifest) or set --config.data.subjects_per_batch=0.")
+        ids, inverse, counts = np.unique(subjects, return_inverse=True, return_counts=True)
+        if global_batch % self._p:
+            step = math.lcm(self._p, self._process_count)
+            sizes = sorted({max(step, global_batch // step * step), global_batch // step * step + step})
+            divisors = [d for d in range(1, min(global_batch, len(ids)) + 1) if global_batch % d == 0]
+            raise DataError(
+                f"The global batch of {global_batch} images cannot hold config.data.subjects_per_batch="
+                f"{self._p} subjects with the same number of images each. Set --config.train.batch_size to "
+                f"a multiple of {step} (e.g. {' or '.join(map(str, sizes))}), or "
+                f"--config.data.subjects_per_batch to a divisor of {global_batch} (at most the "
+                f"{len(ids)} training subjects: {', '.join(map(str, divisors))}).")
+        if len(ids) < self._p:
+            raise DataError(
+                f"config.data.subjects_per_batch={self._p}, but this fold's training records hold only "
+                f"{len(ids)} subjects. Set --config.data.subjects_per_batch to at most {len(ids)} (and a "
+                f"divisor of the global batch size {global_batch}).")
+        self._k = global_batch // self._p
+        self._global_batch = global_batch
+        # Each subject's distinct records, by the first source position that holds each of them.
+        _, first = np.unique(records, return_index=True)
+        first = np.sort(first)
+        order = first[np.argsort(inverse[first], kind="stable")]
+        self._members = np.split(order, np.cumsum(np.bincount(inverse[first], minlength=len(ids)))[:-1])
+        self._weights = counts / counts.sum()
+        digest = hashlib.sha1()
+        for part in (ids, counts, *self._members):
+            digest.update(np.asarray(part, np.int64).tobytes())
+            digest.update(b"|")
+        self._digest = digest.hexdigest()[:12]
+        self._num_subjects = len(ids)
+        self._cache: tuple[int, np.ndarray] = (-1, np.empty(0, np.int64))
+
+    def __repr__(self) -> str:
+        # grain compares this with the checkpointed repr when restoring an iterator: the draw's every
+        # input, and no object address.
+        return (f"SubjectBalancedSampler(subjects_per_batch={self._p}, images_per_subject={self._k}, "
+                f"seed={self._seed}, local_batch_size={self._local_batch}, "
+                f"process_count={self._process_count}, {self._num_subjects} subjects, "
+                f"table sha1 {self._digest})")
+
+    def __len__(self) -> int:
+        return sys.maxsize  # endless, like the plain stream
+
+    def global_batch(self, step: int) -> np.ndarray:
+        """The source positions of global batch `step`, shape (G,): P groups of K, one subject each."""
+        cached = self._cache
+        if cached[0] == step:
+            return cached[1]
+        rng = np.random.default_rng([self._seed, int(step)])
+        chosen = rng.choice(self._num_subjects, size=self._p, replace=False, p=self._weights)
+        rows = []
+        for subject in chosen:
+            members = self._members[subject]
+            if len(members) >= self._k:
+                rows.append(members[rng.choice(len(members), size=self._k, replace=False)])
+            else:
+                extra = rng.choice(len(members), size=self._k - len(members), replace=True)
+                rows.append(members[np.concatenate([rng.permutation(len(members)), extra])])
+        positions = np.concatenate(rows)
+        self._cache = (int(step), positions)  # one tuple, swapped whole: safe across grain's threads
+        return positions
+
+    def __getitem__(self, index: int):
+        if index < 0:
+            raise IndexError(f"SubjectBalancedSampler index {index} < 0.")
+        local_position, process = divmod(int(index), self._process_count)
+        step, row = divmod(local_position, self._local_batch)
+        row += process * self._local_batch
+        position = step * self._global_batch + row
+        return grain.RecordMetadata(
+            index=int(index),  # the loader's own index: grain's checkpointed state counts in it
+            record_key=int(self.global_batch(step)[row]),
+            rng=np.random.Generator(np.random.Philox(key=self._seed + position)),
+        )
 
 
 def eval_batches(

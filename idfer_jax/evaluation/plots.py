@@ -15,7 +15,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-__all__ = ["plot_attention_maps", "plot_confusion_matrix", "plot_leakage_bars"]
+__all__ = ["plot_attention_maps", "plot_confusion_matrix", "plot_leakage_bars", "plot_reconstructions",
+           "plot_swap_grid"]
 
 
 def _save(fig: Figure, path: str | os.PathLike) -> Path:
@@ -177,6 +178,12 @@ def plot_attention_maps(
     return _save(fig, path)
 
 
+def _to_rgb(x) -> np.ndarray:
+    """Images in [-1, 1] as RGB in [0, 1] (grey images repeated over the 3 channels)."""
+    x = np.clip((np.asarray(x, np.float32) + 1.0) / 2.0, 0.0, 1.0)
+    return np.repeat(x, 3, axis=-1) if x.shape[-1] == 1 else x
+
+
 def plot_reconstructions(
     images: np.ndarray,
     rows: Mapping[str, np.ndarray],
@@ -193,13 +200,9 @@ def plot_reconstructions(
         reduced resolution) is shown at the faces' size with visible pixels.
       labels: optional text per column (e.g. the expression).
     """
-    def to_rgb(x):
-        x = np.clip((np.asarray(x, np.float32) + 1.0) / 2.0, 0.0, 1.0)
-        return np.repeat(x, 3, axis=-1) if x.shape[-1] == 1 else x
-
-    faces = to_rgb(images)
+    faces = _to_rgb(images)
     n = faces.shape[0]
-    named = [("face", faces)] + [(name, to_rgb(r)) for name, r in rows.items()]
+    named = [("face", faces)] + [(name, _to_rgb(r)) for name, r in rows.items()]
     fig = Figure(figsize=(1.3 * n + 0.6, 1.4 * len(named) + (0.4 if title else 0.0)), layout="constrained")
     axes = fig.subplots(len(named), n, squeeze=False)
     for r, (name, pictures) in enumerate(named):
@@ -211,6 +214,52 @@ def plot_reconstructions(
             if r == 0 and labels is not None:
                 ax.set_title(labels[i], fontsize=7)
         axes[r, 0].set_ylabel(name, fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return _save(fig, path)
+
+
+def plot_swap_grid(
+    row_faces: np.ndarray,
+    column_faces: np.ndarray,
+    grid: np.ndarray,
+    path: str | os.PathLike,
+    *,
+    row_labels: Sequence[str] | None = None,
+    column_labels: Sequence[str] | None = None,
+    title: str | None = None,
+) -> Path:
+    """Write a code-swap grid as PNG: cell (i, j) is drawn from a code of row face i and one of column face j.
+
+    Args:
+      row_faces: ``(R, H, W, C)`` images in [-1, 1], drawn down the left (the faces giving the first
+        code, e.g. the expression).
+      column_faces: ``(K, H, W, C)`` images in [-1, 1], drawn along the top (the faces giving the
+        other code, e.g. identity and pose).
+      grid: ``(R, K, h, w, C)`` decoded images in [-1, 1] (a smaller ``h, w`` is shown at full size).
+      row_labels, column_labels: optional text per row / column.
+    """
+    rows, columns = _to_rgb(row_faces), _to_rgb(column_faces)
+    cells = _to_rgb(grid)
+    r, k = cells.shape[:2]
+    if rows.shape[0] != r or columns.shape[0] != k:
+        raise ValueError(f"grid is {r}x{k} but {rows.shape[0]} row and {columns.shape[0]} column faces "
+                         "were given.")
+    size = (1.2 * (k + 1) + 0.4, 1.25 * (r + 1) + (0.4 if title else 0.0))
+    fig = Figure(figsize=size, layout="constrained")
+    axes = fig.subplots(r + 1, k + 1, squeeze=False)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[0, 0].axis("off")
+    for j in range(k):
+        axes[0, j + 1].imshow(columns[j], interpolation="nearest")
+        axes[0, j + 1].set_title(column_labels[j] if column_labels is not None else f"column {j}", fontsize=7)
+    for i in range(r):
+        axes[i + 1, 0].imshow(rows[i], interpolation="nearest")
+        axes[i + 1, 0].set_ylabel(row_labels[i] if row_labels is not None else f"row {i}", fontsize=7)
+        for j in range(k):
+            axes[i + 1, j + 1].imshow(cells[i, j], interpolation="nearest")
     if title:
         fig.suptitle(title, fontsize=9)
     return _save(fig, path)

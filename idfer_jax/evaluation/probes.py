@@ -20,6 +20,24 @@ Protocol (``identity_leakage`` / ``pose_leakage``):
 
 Lower is better for every number here; identity accuracy should be read beside its chance level.
 
+Verification-style identity leakage (``verification_auc``) needs no probe training: the cosine
+similarity of every pair of images' codes, scored as a same-subject detector. It is the ROC-AUC of
+"same subject" vs "different subjects" pairs, in [0, 1]: 0.5 means that the code's geometry says
+nothing about who the person is (lower is better, down to 0.5; below 0.5, same-subject pairs are
+*less* alike than others, which is identity information too). 1.0 means every same-subject pair is
+more similar than every different-subject pair: the code is a face-verification embedding. Pairs of
+the same group (sequence/session: CK+'s 3 near-identical frames of a sequence) are left out, or
+near-duplicates alone would push the AUC towards 1. It complements the probes: a probe *learns* to
+read identity (and can find it where a plain similarity cannot), the AUC asks whether identity is the
+code's own notion of similarity.
+
+``expression_leakage`` is the same protocol with the expression label as target: on a code meant to
+hold *no* expression (Halawa et al.'s z_n, IPD-FER's pose and identity codes) higher is worse; its
+chance level is the majority-class share of the probe's test side.
+
+``code_leakage`` runs all of them on one code and returns flat numbers (what ``idfer evaluate``
+writes per code under ``results['codes']``).
+
 The split and scaling are :mod:`idfer_jax.evaluation.splits`, the classifiers
 :mod:`idfer_jax.evaluation.classifier_probes`, the ridge regression :mod:`idfer_jax.evaluation.ridge`;
 this module puts them together (and re-exports them).
@@ -38,6 +56,8 @@ from idfer_jax.evaluation.splits import split_within_subjects, standardize
 __all__ = [
     "DEFAULT_ALPHAS",
     "RidgeFit",
+    "code_leakage",
+    "expression_leakage",
     "fit_ridge",
     "identity_leakage",
     "linear_probe_accuracy",
@@ -47,7 +67,13 @@ __all__ = [
     "select_ridge_alpha",
     "split_within_subjects",
     "standardize",
+    "verification_auc",
 ]
+
+# Above this many images, `verification_auc` scores the pairs of a deterministic random subset of them
+# (4000 images are 8 million pairs; all pairs of 20000 would be 200 million).
+MAX_VERIFICATION_IMAGES = 4000
+CODE_PARTS = ("identity", "verification", "pose", "expression")  # what `code_leakage` measures
 
 
 def _check_features(features, subjects) -> tuple[np.ndarray, np.ndarray]:
@@ -156,3 +182,166 @@ def pose_leakage(
         )
     return results
 
+
+
+def roc_auc(scores, positive) -> float:
+    """Area under the ROC curve of ``scores`` as a detector of ``positive`` (ties count one half).
+
+    The Mann-Whitney form: the probability that a random positive scores above a random negative,
+    from average ranks, so it equals ``sklearn.metrics.roc_auc_score``. NaN when either class is empty.
+    """
+    from scipy.stats import rankdata
+
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    positive = np.asarray(positive, dtype=bool).reshape(-1)
+    num_pos = int(positive.sum())
+    num_neg = positive.size - num_pos
+    if num_pos == 0 or num_neg == 0:
+        return float("nan")
+    ranks = rankdata(scores, method="average")
+    return float((ranks[positive].sum() - num_pos * (num_pos + 1) / 2.0) / (num_pos * num_neg))
+
+
+def verification_auc(
+    features,
+    subjects,
+    *,
+    groups=None,
+    seed: int = 0,
+    max_images: int = MAX_VERIFICATION_IMAGES,
+) -> float:
+    """Identity leakage without a probe: ROC-AUC of cosine similarity for same- vs different-subject pairs.
+
+    Every unordered pair of images is scored by the cosine similarity of their codes, after the codes
+    are centred on their mean over the images scored (no label involved; pooled ReLU features share a
+    large positive offset that would otherwise make every pair look alike). Same-subject pairs are the
+    positives, different-subject pairs the negatives; pairs of the same ``groups`` value *within* a
+    subject (a sequence's near-identical frames) are left out.
+
+    Args:
+      features: ``(N, D)`` codes of the held-out subjects' images.
+      subjects: ``(N,)`` subject ids.
+      groups: optional ``(N,)`` sequence/session ids, read within subject as in
+        :func:`split_within_subjects`.
+      seed: picks the images when there are more than ``max_images``.
+      max_images: above this many images, the pairs of ``max_images`` of them picked at random
+        (deterministically, by ``seed``) are scored.
+
+    Returns:
+      The AUC in [0, 1]: 0.5 = no identity in the code's similarity (best), 1.0 = a perfect
+      same-person detector (worst); NaN when there is no same-subject pair left (every subject has
+      one image or one group) or no second subject.
+    """
+    features, subjects = _check_features(features, subjects)
+    n = features.shape[0]
+    keys = np.arange(n) if groups is None else _unit_keys(subjects, groups)
+    if n > max_images:
+        picked = np.sort(np.random.default_rng(seed).choice(n, size=max_images, replace=False))
+        features, subjects, keys = features[picked], subjects[picked], keys[picked]
+        n = max_images
+    x = features.astype(np.float64)
+    x = x - x.mean(axis=0)
+    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    similarity = (x @ x.T).astype(np.float32)
+    # Each unordered pair once, never the same (subject, group): no near-duplicates.
+    keep = np.triu(keys[:, None] != keys[None, :], k=1)
+    same = subjects[:, None] == subjects[None, :]
+    return roc_auc(similarity[keep], same[keep])
+
+
+def expression_leakage(
+    features,
+    subjects,
+    expressions,
+    *,
+    seed: int = 0,
+    groups=None,
+    train_fraction: float = 0.5,
+) -> dict[str, float | int]:
+    """How well fresh probes recognise the *expression* from a code (same split as the identity probes).
+
+    On the expression code this is its quality; on a code meant to hold none (a nuisance, pose or
+    identity code) it is leakage, higher is worse.
+
+    Args:
+      features: ``(N, D)`` codes.
+      subjects: ``(N,)`` subject ids (the split is by image, or by group, within subject).
+      expressions: ``(N,)`` integer expression labels.
+      seed, groups, train_fraction: as in :func:`identity_leakage`.
+
+    Returns:
+      ``{'linear_acc', 'mlp_acc', 'chance', 'num_classes', 'num_train', 'num_test'}``: accuracies in
+      [0, 1] on the probe's test side, and ``chance`` = the share of its most frequent class there
+      (what always answering that class would score).
+    """
+    features, subjects = _check_features(features, subjects)
+    expressions = np.asarray(expressions).astype(np.int32)
+    if expressions.shape != subjects.shape:
+        raise ValueError(f"expressions must have shape {subjects.shape}, got {expressions.shape}.")
+    train, test = split_within_subjects(subjects, train_fraction=train_fraction, seed=seed, groups=groups)
+    num_classes = int(expressions.max()) + 1
+    args = (features[train], expressions[train], features[test], expressions[test])
+    counts = np.bincount(expressions[test], minlength=num_classes)
+    return {
+        "linear_acc": linear_probe_accuracy(*args, num_classes=num_classes, seed=seed),
+        "mlp_acc": mlp_probe_accuracy(*args, num_classes=num_classes, seed=seed),
+        "chance": float(counts.max() / max(counts.sum(), 1)),
+        "num_classes": num_classes,
+        "num_train": int(train.size),
+        "num_test": int(test.size),
+    }
+
+
+def code_leakage(
+    features,
+    subjects,
+    *,
+    expressions=None,
+    poses: Mapping[str, np.ndarray] | None = None,
+    groups=None,
+    seed: int = 0,
+    parts: tuple[str, ...] = CODE_PARTS,
+) -> dict[str, float | int | str]:
+    """Every leakage number of one code, flat (``idfer evaluate``'s ``results['codes'][name]``).
+
+    ``parts`` picks among ``CODE_PARTS`` = identity, verification, pose (needs ``poses``) and expression
+    (needs ``expressions``). Returns any of (a part that cannot be measured is left out, with
+    ``<part>_skipped`` saying why):
+      ``identity_linear``, ``identity_mlp``: identity probe accuracies, [0, 1], beside
+      ``identity_chance`` = 1 / subjects (lower is better for a code that should hold no identity);
+      ``verification_auc``: :func:`verification_auc`, [0, 1], 0.5 = none;
+      ``<angle>_r2`` for each of ``poses`` (``yaw_r2``, ``pitch_r2``): ridge R^2, <= 1, 0 = none
+      (computed without ``groups``, as ``idfer evaluate``'s pose leakage);
+      ``expression_linear``, ``expression_mlp``: expression probe accuracies, [0, 1], beside
+      ``expression_chance`` = majority-class share of the probe's test side (higher is better on an
+      expression code, worse on any other).
+    """
+    unknown = [p for p in parts if p not in CODE_PARTS]
+    if unknown:
+        raise ValueError(f"Unknown parts {unknown}; use any of {CODE_PARTS}.")
+    out: dict[str, float | int | str] = {}
+    if "identity" in parts:
+        try:
+            identity = identity_leakage(features, subjects, seed=seed, groups=groups)
+            out.update(identity_linear=identity["linear_acc"], identity_mlp=identity["mlp_acc"],
+                       identity_chance=identity["chance"])
+        except ValueError as e:
+            out["identity_skipped"] = str(e)
+    if "verification" in parts:
+        if len(np.unique(np.asarray(subjects))) >= 2:
+            out["verification_auc"] = verification_auc(features, subjects, groups=groups, seed=seed)
+        else:
+            out["verification_skipped"] = "a single subject: no different-subject pair"
+    if "pose" in parts and poses:
+        try:
+            out.update(pose_leakage(features, subjects, poses, seed=seed))
+        except ValueError as e:
+            out["pose_skipped"] = str(e)
+    if "expression" in parts and expressions is not None:
+        try:
+            expression = expression_leakage(features, subjects, expressions, seed=seed, groups=groups)
+            out.update(expression_linear=expression["linear_acc"], expression_mlp=expression["mlp_acc"],
+                       expression_chance=expression["chance"])
+        except ValueError as e:
+            out["expression_skipped"] = str(e)
+    return out

@@ -18,7 +18,9 @@ import numpy as np
 
 __all__ = [
     "comparison_table",
+    "format_code_leakage",
     "format_leakage",
+    "format_validation",
     "markdown_table",
     "write_confusion_csv",
     "write_csv",
@@ -165,13 +167,16 @@ def _fmt(value: Any, floatfmt: str = ".4f") -> str:
     return format(float(value), floatfmt)
 
 
-def format_leakage(identity: Mapping[str, Any] | None, pose: Mapping[str, Any] | None) -> str:
+def format_leakage(identity: Mapping[str, Any] | None, pose: Mapping[str, Any] | None, *,
+                   verification_auc: float | None = None) -> str:
     """Markdown block summarising identity and pose leakage of expression features.
 
     Args:
       identity: the dict of :func:`idfer_jax.evaluation.probes.identity_leakage` (empty/None: skipped).
       pose: the dict of :func:`idfer_jax.evaluation.probes.pose_leakage`, keys ``<name>_r2``
         (empty/None: says that no pose labels were available).
+      verification_auc: :func:`idfer_jax.evaluation.probes.verification_auc` of the same features
+        (None: not shown).
     """
     blocks = []
     if identity and "skipped" in identity:
@@ -207,6 +212,14 @@ def format_leakage(identity: Mapping[str, Any] | None, pose: Mapping[str, Any] |
             + table
             + (f"\n\n{', '.join(detail)}." if detail else "")
         )
+    if verification_auc is not None:
+        pairs = ("pairs of images of different sequences" if (identity or {}).get("split_by") == "sequence"
+                 else "pairs of images")
+        blocks.append(
+            f"**Identity verification AUC**: {_fmt(verification_auc)} (cosine similarity of the features "
+            f"as a same-person detector over {pairs}; 0.5 = no identity, 1 = a face-verification "
+            "embedding; lower is better, down to 0.5)"
+        )
     if pose:
         rows = [{"pose": key.removesuffix("_r2"), "R^2": _fmt(value)} for key, value in pose.items()]
         blocks.append(
@@ -219,6 +232,54 @@ def format_leakage(identity: Mapping[str, Any] | None, pose: Mapping[str, Any] |
     return "\n\n".join(blocks)
 
 
+# `results['codes'][name]` keys, and their column in the per-code table.
+CODE_COLUMNS = (
+    ("identity_linear", "identity, linear"),
+    ("identity_mlp", "identity, MLP"),
+    ("identity_chance", "identity chance"),
+    ("verification_auc", "verification AUC"),
+    ("yaw_r2", "yaw R^2"),
+    ("pitch_r2", "pitch R^2"),
+    ("expression_linear", "expression, linear"),
+    ("expression_mlp", "expression, MLP"),
+    ("expression_chance", "expression chance"),
+)
+
+
+def format_code_leakage(codes: Mapping[str, Mapping[str, Any]]) -> str:
+    """Markdown table of `results['codes']`: one row per code a method declares, with what was measured.
+
+    Identity probe accuracies beside their chance (1 / subjects), verification AUC (0.5 = no identity,
+    1 = a face-verification embedding), ridge R^2 of each pose angle (0 = none, 1 = fully decodable) and
+    expression probe accuracies beside the majority-class share of the probe's test side. On the
+    expression code (`features`) identity and pose should be low and expression high; on a code meant to
+    hold identity or pose, the expression numbers should be near chance.
+    """
+    present = [(key, name) for key, name in CODE_COLUMNS if any(key in c for c in codes.values())]
+    rows = [{"code": f"`{code}`",
+             **{name: _fmt(values[key]) if key in values else "–" for key, name in present}}
+            for code, values in codes.items()]
+    notes = [f"`{code}`: {key.removesuffix('_skipped')} not measured ({why})"
+             for code, values in codes.items() for key, why in values.items() if key.endswith("_skipped")]
+    return ("Fresh probes on every code the method declares (held-out subjects; split by sequence within "
+            "subject where known).\n\n" + markdown_table(rows)
+            + ("\n\n" + "; ".join(notes) + "." if notes else ""))
+
+
+def format_validation(validation: Mapping[str, Any]) -> str:
+    """Markdown block of `results['validation']`: the validation subjects' accuracy and leakage of the
+    expression features (subjects of the training fold held out of training)."""
+    row = {"accuracy": _fmt(validation.get("accuracy")), "images": validation.get("num_images"),
+           "subjects": validation.get("num_subjects")}
+    for key, name in (("identity_linear", "identity, linear"), ("identity_mlp", "identity, MLP"),
+                      ("identity_chance", "identity chance"), ("verification_auc", "verification AUC"),
+                      ("yaw_r2", "yaw R^2")):
+        if key in validation:
+            row[name] = _fmt(validation[key])
+    return ("Subjects of the training fold held out of training (for model and weight selection); the "
+            "test fold is never used for it.\n\n" + markdown_table([row]))
+
+
 def _mean_std(summary: Mapping[str, Any], key: str) -> str:
     stats = summary["mean_std"].get(key)
     return f"{stats['mean']:.3f} ± {stats['std']:.3f}" if stats else "–"
@@ -228,8 +289,8 @@ def comparison_table(summaries: Sequence[Mapping[str, Any]], *, names: Sequence[
     """One Markdown row per cross-validation (`crossval_results.json` contents), mean ± std over folds.
 
     Columns: expression accuracy, accuracy per |yaw| band (where the data has yaw), the identity probes
-    on the expression features beside their chance (lower is better), and R^2 of yaw from the same
-    features (lower is better).
+    on the expression features beside their chance (lower is better), their identity verification AUC
+    (where measured; 0.5 = none, lower is better) and R^2 of yaw from the same features (lower is better).
     """
     bands = list(dict.fromkeys(
         k for s in summaries for k in s["mean_std"] if k.startswith("accuracy |yaw| ")))
@@ -246,6 +307,8 @@ def comparison_table(summaries: Sequence[Mapping[str, Any]], *, names: Sequence[
         row["identity probe, MLP"] = _mean_std(s, "identity probe (MLP)")
         chance = s["mean_std"].get("identity chance")
         row["identity chance"] = f"{chance['mean']:.3f}" if chance else "–"
+        if any("identity verification AUC" in t["mean_std"] for t in summaries):
+            row["verification AUC"] = _mean_std(s, "identity verification AUC")
         if any("yaw R^2" in t["mean_std"] for t in summaries):
             row["yaw R²"] = _mean_std(s, "yaw R^2")
         rows.append(row)

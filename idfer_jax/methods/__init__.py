@@ -115,13 +115,29 @@ def check_config(config) -> None:
         check(config)
 
 
+_ADVERSARY_KEYS = {"identity": "subject", "pose": "yaw"}
+
+
 def build(config, data_spec: DataSpec) -> Method:
     """The Method named by `config.method`, built for the data of this run (its config checked first:
     the Trainer's own validation leaves the recipe's switches to this)."""
     check_config(config)
     method = module(config).build(config, data_spec)
+    from idfer_jax.methods import adversaries
+
     on = _adversaries_on(config)
-    if on and "adversary" not in [p.name for p in method.players]:
+    if on and adversaries.settings(config).formulation in adversaries.CLOSED_FORM:
+        # A closed-form adversary has no player; its labels' batch key shows that it was built.
+        built = all(_ADVERSARY_KEYS[name] in method.batch_keys for name in on)
+    else:
+        built = "adversary" in [p.name for p in method.players]
+    replay = int(adversaries.settings(config).get("replay", 0) or 0)
+    if replay and "adversary" not in [p.name for p in method.players]:
+        raise ConfigError(
+            f"config.adversary.replay={replay} keeps past batches for trained adversaries, but this "
+            f"{config.method} run trains none (formulation {adversaries.settings(config).formulation!r}; "
+            "identity and pose weights 0, or a closed-form adversary). Set --config.adversary.replay=0.")
+    if on and not built:
         # A recipe that does not say so (a registered build function) but ignores the switch.
         raise ConfigError(
             f"config.adversary.{on[0]} > 0, but {config.method} built no adversary player (it is not "

@@ -18,6 +18,15 @@ Formulations (`config.adversary.formulation`), as in METHODS.md section 2 [choic
 - `negated_ce`: the encoder term is `-min(CE, log K)` per example [choice: the clip at log K, the
   cross entropy of a uniform guess; pushing past it only makes the adversary confidently wrong, which
   is information again, and unclipped nothing bounds the term].
+- `ridge` [choice; the closed-form adversary of issue 19]: no trained head and no adversary player. In
+  every step, inside the jitted loss, kernel ridge regression from the batch-standardized features to
+  the centred one-hot labels is solved exactly on the batch, and the encoder term is its
+  leave-one-out R^2 (clipped at 0; the largest over `config.adversary.ridge_alphas`). It is the
+  in-batch version of the linear identity probe of `idfer evaluate`: each image's label is predicted
+  from the *other* images of the batch, so with P x K batches (`config.data.subjects_per_batch`) it
+  asks "is this the same person as those K - 1 images?". Being a closed-form optimum on the current
+  features it cannot lag behind the encoder, which is what the trained heads did
+  (docs/results/adversarial.md). `config.adversary.ridge_kernel='rbf'` makes it non-linear.
 
 Every adversary reads its features standardized over the batch (`AdversaryHead`, [choice]): without
 that, the encoder silenced the adversary instead of removing what it reads (docs/results/adversarial.md).
@@ -43,7 +52,9 @@ from idfer_jax.models import ClassifierHead
 from idfer_jax.train.interface import Player
 from idfer_jax.train.optim import make_optimizer
 
-FORMULATIONS = ("uniform", "grl", "negated_ce")
+FORMULATIONS = ("uniform", "grl", "negated_ce", "ridge")
+CLOSED_FORM = ("ridge",)
+RIDGE_KERNELS = ("linear", "rbf")
 GROUP_PREFIX = "adversary_"
 LabelFn = Callable[[Mapping[str, jax.Array]], tuple[jax.Array, jax.Array | None]]
 
@@ -62,15 +73,90 @@ class AdversaryHead(nn.Module):
     num_classes: int
     hidden: int | None = 256
     standardize: bool = True
+    depth: int = 1  # hidden ReLU layers of width `hidden`: 0 = linear, 1 = the default, 2+ = more capacity
 
     @nn.compact
-    def __call__(self, features: jax.Array, *, train: bool = False) -> jax.Array:
+    def __call__(self, features: jax.Array, *, train: bool = False,
+                 weights: jax.Array | None = None) -> jax.Array:
+        """(N, D) features -> (N, num_classes) float32 logits; `weights` (N,) 0/1 leave rows (an
+        unfilled replay slot) out of the standardization statistics."""
         x = features.astype(jnp.float32)
         if self.standardize:
-            mean = jnp.mean(x, axis=0, keepdims=True)
-            x = (x - mean) * jax.lax.rsqrt(jnp.var(x, axis=0, keepdims=True) + 1e-5)
-        return ClassifierHead(num_classes=self.num_classes, hidden=self.hidden, name="classifier")(
+            x = standardize_over_batch(x, weights)
+        hidden = self.hidden if self.depth > 0 else None
+        for i in range(1, self.depth):  # layers beyond the classifier's own hidden layer
+            x = nn.relu(nn.Dense(int(self.hidden), name=f"hidden_{i}")(x))
+        return ClassifierHead(num_classes=self.num_classes, hidden=hidden, name="classifier")(
             x, train=False)
+
+
+def standardize_over_batch(x: jax.Array, weights: jax.Array | None = None) -> jax.Array:
+    """(N, D) features z-scored per dimension over the batch (rows of weight 0 left out of the
+    statistics), so that no adversary sees a feature's shift or scale."""
+    if weights is None:
+        mean = jnp.mean(x, axis=0, keepdims=True)
+        return (x - mean) * jax.lax.rsqrt(jnp.var(x, axis=0, keepdims=True) + 1e-5)
+    w = weights[:, None] / jnp.maximum(jnp.sum(weights), 1.0)
+    mean = jnp.sum(w * x, axis=0, keepdims=True)
+    var = jnp.sum(w * (x - mean) ** 2, axis=0, keepdims=True)
+    return (x - mean) * jax.lax.rsqrt(var + 1e-5)
+
+
+def ridge_leave_one_out(features: jax.Array, labels: jax.Array, num_classes: int,
+                        mask: jax.Array | None = None, *, alphas: Sequence[float] = (1.0,),
+                        kernel: str = "linear") -> tuple[jax.Array, jax.Array]:
+    """The closed-form adversary: leave-one-out fit of kernel ridge regression on one batch.
+
+    Args:
+      features: (N, D) float; standardized over the batch (weighted by `mask`) inside, so that shifting
+        or scaling them changes nothing.
+      labels: (N,) int in [0, num_classes); regressed as centred one-hot targets.
+      mask: (N,) 0/1 float or None; rows with 0 take no part (they are zeroed and predict nothing).
+      alphas: ridge penalties, relative to the mean of the kernel's diagonal (1 for the linear kernel
+        on standardized features); the best (largest R^2) is kept, as a probe that picks its penalty.
+      kernel: 'linear' (K = X X^T / D) or 'rbf' (exp(-|x_i - x_j|^2 / 2D), non-linear).
+
+    Returns:
+      (R^2, predictions): R^2 = 1 - sum |e_i|^2 / sum |y_i|^2 of the leave-one-out residuals e_i,
+      a float32 scalar <= 1 (0 = no better than the batch mean, below 0 = worse); predictions (N, C)
+      are the leave-one-out predictions of the best penalty (argmax = the predicted class).
+
+    Kernel ridge in its dual form: with A = K + lambda I, the leave-one-out residual of example i is
+    (A^-1 Y)_i / (A^-1)_ii exactly (Rifkin & Lippert 2007), so one Cholesky factorisation of an N x N
+    matrix per penalty gives every held-out prediction; gradients flow through the solve.
+    [choice] Targets are centred on the batch once, with example i included.
+    """
+    if kernel not in RIDGE_KERNELS:
+        raise ConfigError(f"Unknown ridge kernel {kernel!r}; use one of {RIDGE_KERNELS}.")
+    dtype = jnp.promote_types(features.dtype, jnp.float32)  # float64 where x64 is on (gradient checks)
+    x = features.astype(dtype)
+    n, d = x.shape
+    w = jnp.ones((n,), dtype) if mask is None else mask.astype(dtype)
+    x = standardize_over_batch(x, w) * w[:, None]
+    y = jax.nn.one_hot(labels, num_classes, dtype=dtype) * w[:, None]
+    y = (y - jnp.sum(y, axis=0, keepdims=True) / jnp.maximum(jnp.sum(w), 1.0)) * w[:, None]
+    gram = x @ x.T / d
+    if kernel == "rbf":
+        sq = jnp.diagonal(gram)
+        gram = jnp.exp(-0.5 * jnp.maximum(sq[:, None] + sq[None, :] - 2.0 * gram, 0.0))
+        gram = gram * (w[:, None] * w[None, :])
+    scale = jnp.sum(jnp.diagonal(gram)) / jnp.maximum(jnp.sum(w), 1.0)
+    total = jnp.maximum(jnp.sum(y**2), 1e-12)
+    best_r2, best_pred = None, None
+    for alpha in alphas:
+        a = gram + (float(alpha) * scale + 1e-6) * jnp.eye(n, dtype=dtype)
+        chol = jax.scipy.linalg.cho_factor(a, lower=True)
+        inverse = jax.scipy.linalg.cho_solve(chol, jnp.eye(n, dtype=dtype))
+        residual = (inverse @ y) / jnp.diagonal(inverse)[:, None] * w[:, None]
+        r2 = 1.0 - jnp.sum(residual**2) / total
+        pred = y - residual
+        if best_r2 is None:
+            best_r2, best_pred = r2, pred
+        else:
+            better = r2 > best_r2
+            best_r2 = jnp.where(better, r2, best_r2)
+            best_pred = jnp.where(better, pred, best_pred)
+    return best_r2, best_pred
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +172,9 @@ class Adversary:
     hidden: int | None = 256
     batch_keys: tuple[str, ...] = ()  # batch entries `labels` reads
     standardize: bool = True  # see AdversaryHead
+    depth: int = 1  # hidden layers of the trained head (AdversaryHead)
+    ridge_alphas: tuple[float, ...] = (0.1, 1.0, 10.0)  # `ridge` formulation: see ridge_leave_one_out
+    ridge_kernel: str = "linear"
 
     def __post_init__(self):
         check_formulation(self.formulation)
@@ -94,11 +183,24 @@ class Adversary:
     def group(self) -> str:
         return GROUP_PREFIX + self.name
 
-    def head(self) -> AdversaryHead:
-        return AdversaryHead(num_classes=self.num_classes, hidden=self.hidden, standardize=self.standardize)
+    @property
+    def closed_form(self) -> bool:
+        """Solved on each batch inside the encoder's loss: no head, no optimizer, no adversary player."""
+        return self.formulation in CLOSED_FORM
 
-    def logits(self, params: Mapping, features: jax.Array) -> jax.Array:
-        return self.head().apply({"params": params[self.group]}, features, train=False)
+    def head(self) -> AdversaryHead:
+        return AdversaryHead(num_classes=self.num_classes, hidden=self.hidden, standardize=self.standardize,
+                             depth=self.depth)
+
+    def ridge_fit(self, features: jax.Array, batch: Mapping) -> tuple[jax.Array, jax.Array]:
+        """(leave-one-out R^2, in-batch leave-one-out accuracy) of the closed-form adversary."""
+        labels, mask = self.labels(batch)
+        r2, predictions = ridge_leave_one_out(features, labels, self.num_classes, mask,
+                                              alphas=self.ridge_alphas, kernel=self.ridge_kernel)
+        return r2, L.accuracy(predictions, labels, mask)
+
+    def logits(self, params: Mapping, features: jax.Array, weights: jax.Array | None = None) -> jax.Array:
+        return self.head().apply({"params": params[self.group]}, features, train=False, weights=weights)
 
 
 def check_formulation(formulation: str) -> None:
@@ -122,9 +224,10 @@ def encoder_loss(formulation: str, logits: jax.Array, labels: jax.Array,
 
 def init_heads(adversaries: Sequence[Adversary], rng: jax.Array, outputs: Mapping) -> dict:
     """Parameters of every adversary head, sized on the model `outputs` it reads (arrays or shapes)."""
-    rngs = jax.random.split(rng, max(1, len(adversaries)))
+    trained = [a for a in adversaries if not a.closed_form]
+    rngs = jax.random.split(rng, max(1, len(trained)))
     return {a.group: a.head().init(r, jnp.zeros(jnp.shape(outputs[a.reads]), jnp.float32))["params"]
-            for a, r in zip(adversaries, rngs, strict=False)}
+            for a, r in zip(trained, rngs, strict=False)}
 
 
 def encoder_terms(adversaries: Sequence[Adversary], params: Mapping, outputs: Mapping,
@@ -134,6 +237,12 @@ def encoder_terms(adversaries: Sequence[Adversary], params: Mapping, outputs: Ma
     terms, metrics = {}, {}
     for a in adversaries:
         features = outputs[a.reads]
+        if a.closed_form:
+            r2, accuracy = a.ridge_fit(features, batch)
+            terms[f"{a.name}_adversary"] = a.weight * jnp.maximum(r2, 0.0)
+            metrics[f"{a.name}_ridge_r2"] = r2
+            metrics[f"{a.name}_ridge_accuracy"] = accuracy
+            continue
         if a.formulation == "grl":
             features = losses.gradient_reversal(features, lam)
             metrics["dann_lambda"] = lam
@@ -145,26 +254,85 @@ def encoder_terms(adversaries: Sequence[Adversary], params: Mapping, outputs: Ma
 
 
 def adversary_loss(adversaries: Sequence[Adversary], params: Mapping, outputs: Mapping,
-                   batch: Mapping) -> tuple[jax.Array, dict]:
+                   batch: Mapping, replay: Mapping | None = None) -> tuple[jax.Array, dict]:
     """Sum of every adversary's plain cross entropy on frozen features: each head's gradient is its own
-    term's, since heads share no parameters and the features are stop-gradient."""
+    term's, since heads share no parameters and the features are stop-gradient. With a `replay` buffer
+    (`init_replay`), each head trains on the batch and the buffer's recent batches together."""
     total = jnp.zeros((), jnp.float32)
     metrics = {}
     for a in adversaries:
-        logits = a.logits(params, jax.lax.stop_gradient(outputs[a.reads]))
+        if a.closed_form:
+            continue
+        features = jax.lax.stop_gradient(outputs[a.reads])
         labels, mask = a.labels(batch)
-        ce = losses.softmax_cross_entropy(logits, labels, mask=mask)
+        weights = jnp.ones(labels.shape, jnp.float32) if mask is None else mask.astype(jnp.float32)
+        if replay is not None:
+            past = replay[a.name]
+            features = jnp.concatenate([features.astype(jnp.float32), past["features"]])
+            labels = jnp.concatenate([labels.astype(jnp.int32), past["labels"]])
+            weights = jnp.concatenate([weights, past["weights"]])
+        logits = a.logits(params, features, weights if replay is not None else None)
+        ce = losses.softmax_cross_entropy(logits, labels, mask=weights)
         total = total + ce
         metrics[f"{a.name}_ce"] = ce
-        metrics[f"{a.name}_accuracy"] = L.accuracy(logits, labels, mask)
+        metrics[f"{a.name}_accuracy"] = L.accuracy(logits, labels, weights)
     return total, metrics
 
 
+# --- replay: the trained adversaries also learn from the features of the last few batches ---------
+REPLAY_COLLECTION = "adversary_replay"  # a model_state collection: checkpointed, so resume stays exact
+
+
+def init_replay(adversaries: Sequence[Adversary], outputs: Mapping, batch_size: int, length: int) -> dict:
+    """Empty buffers of `length` batches of `batch_size` rows for each trained adversary: features
+    (L * B, D) float32, labels (L * B,) int32 and weights (L * B,) float32 (0 = slot not filled yet)."""
+    rows = int(length) * int(batch_size)
+    return {a.name: {"features": jnp.zeros((rows, jnp.shape(outputs[a.reads])[-1]), jnp.float32),
+                     "labels": jnp.zeros((rows,), jnp.int32), "weights": jnp.zeros((rows,), jnp.float32)}
+            for a in adversaries if not a.closed_form}
+
+
+def push_replay(buffer: Mapping, adversaries: Sequence[Adversary], outputs: Mapping, batch: Mapping,
+                step: jax.Array) -> dict:
+    """`buffer` with this batch's features and labels in slot `step % length` (oldest out first)."""
+    out = {}
+    for a in adversaries:
+        if a.closed_form:
+            continue
+        past = buffer[a.name]
+        labels, mask = a.labels(batch)
+        rows = labels.shape[0]
+        start = (step % (past["labels"].shape[0] // rows)) * rows
+        weights = jnp.ones((rows,), jnp.float32) if mask is None else mask.astype(jnp.float32)
+        new = {"features": jax.lax.stop_gradient(outputs[a.reads]).astype(jnp.float32),
+               "labels": labels.astype(jnp.int32), "weights": weights}
+        out[a.name] = {k: jax.lax.dynamic_update_slice_in_dim(past[k], new[k], start, axis=0)
+                       for k in past}
+    return out
+
+
 def player(adversaries: Sequence[Adversary], forward, optimizer: optax.GradientTransformation,
-           steps: int = 1) -> Player:
+           steps: int = 1, replay: bool = False) -> Player:
     """The player that trains every adversary head. `forward(params, model_state, images, rng) ->
     (outputs, new_model_state)` is the recipe's training-mode pass; its batch statistics are dropped,
-    so only the model player's pass moves them."""
+    so only the model player's pass moves them. With `replay`, the features are computed once per step
+    (`prepare`) and each of the `steps` sub-updates trains on them and the replay buffer of
+    `model_state[REPLAY_COLLECTION]`, which the model player fills."""
+    if replay:
+        def prepare(params, model_state, batch, rng, step):
+            del step
+            outputs, _ = forward(params, model_state, batch["image"], rng)
+            return {f"_adversary_input/{a.reads}": outputs[a.reads] for a in adversaries}
+
+        def replay_loss_fn(params, model_state, batch, rng, step):
+            del rng, step
+            outputs = {a.reads: batch[f"_adversary_input/{a.reads}"] for a in adversaries}
+            loss, metrics = adversary_loss(adversaries, params, outputs, batch,
+                                           replay=model_state[REPLAY_COLLECTION])
+            return loss, (model_state, metrics)
+
+        return Player("adversary", replay_loss_fn, optimizer, owns=tuple(a.group for a in adversaries),
+                      repeats=int(steps), updates_model_state=False, prepare=prepare)
 
     def loss_fn(params, model_state, batch, rng, step):
         del step
@@ -179,6 +347,19 @@ def player(adversaries: Sequence[Adversary], forward, optimizer: optax.GradientT
 def settings(run_config) -> ml_collections.ConfigDict:
     """The run's `config.adversary` block, or its defaults for a config made without one."""
     return run_config.get("adversary") or config_defaults.adversary()
+
+
+def options(run_config) -> dict:
+    """The `Adversary` fields every adversary of a run shares, from `config.adversary`."""
+    c = settings(run_config)
+    return {
+        "formulation": c.formulation,
+        "hidden": c.get("hidden"),
+        "standardize": c.get("standardize", True),
+        "depth": int(c.get("depth", 1)),
+        "ridge_alphas": tuple(float(a) for a in c.get("ridge_alphas", (0.1, 1.0, 10.0))),
+        "ridge_kernel": c.get("ridge_kernel", "linear"),
+    }
 
 
 def make_adversary_optimizer(run_config) -> optax.GradientTransformation:
@@ -205,8 +386,7 @@ def from_config(run_config, data_spec: DataSpec, reads: str = "features") -> tup
         found.append(Adversary(
             "identity", reads, data_spec.num_train_subjects,
             labels=lambda batch: L.train_subject_labels(train_subjects, batch["subject"]),
-            weight=float(c.identity), formulation=c.formulation, hidden=c.get("hidden"),
-            batch_keys=("subject",), standardize=c.get("standardize", True),
+            weight=float(c.identity), batch_keys=("subject",), **options(run_config),
         ))
     if float(c.pose) > 0:
         if "yaw" not in data_spec.pose_keys:
@@ -218,7 +398,6 @@ def from_config(run_config, data_spec: DataSpec, reads: str = "features") -> tup
         found.append(Adversary(
             "pose", reads, L.num_yaw_bins(edges),
             labels=lambda batch: (L.yaw_bin_labels(batch["yaw"], edges), None),
-            weight=float(c.pose), formulation=c.formulation, hidden=c.get("hidden"),
-            batch_keys=("yaw",), standardize=c.get("standardize", True),
+            weight=float(c.pose), batch_keys=("yaw",), **options(run_config),
         ))
     return tuple(found)

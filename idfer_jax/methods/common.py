@@ -72,6 +72,7 @@ def init_with_loss_weights(model: nn.Module, combinator, rng, images) -> dict:
 def apply_for_training(model: nn.Module, params: dict, model_state: dict, images, rng, **kwargs):
     """Training-mode forward pass: returns (outputs, new model state); loss weights and adversary
     heads are left out. `kwargs` go to the model's `__call__`."""
+    model_state = model_collections(model_state)
     outputs, new_state = model.apply(
         {"params": model_params(params), **model_state}, images, train=True,
         mutable=list(model_state), rngs={"dropout": rng}, **kwargs,
@@ -79,10 +80,15 @@ def apply_for_training(model: nn.Module, params: dict, model_state: dict, images
     return outputs, dict(new_state)
 
 
+def model_collections(variables: Mapping) -> dict:
+    """The collections the model itself reads: without the adversaries' replay buffer."""
+    return {k: v for k, v in variables.items() if k != adv.REPLAY_COLLECTION}
+
+
 def build_recipe(name: str, model: nn.Module, objective: Objective, config, data_spec: DataSpec, *,
                  weighting=None, batch_keys: tuple[str, ...] = ("image", "expression"),
                  adversaries: Sequence[adv.Adversary] = (), adversary_call: Mapping | None = None,
-                 evaluations: tuple[str, ...] = ()) -> Method:
+                 evaluations: tuple[str, ...] = (), codes: tuple[str, ...] = ("features",)) -> Method:
     """The Method of a recipe: its model, trained on `objective` (and its learned loss weights, if
     `weighting` has any) with the optimizer of `config.optimizer`.
 
@@ -92,9 +98,13 @@ def build_recipe(name: str, model: nn.Module, objective: Objective, config, data
     first in each step, then the `model` player. Inference ignores loss weights and adversaries.
     `adversary_call` are keyword arguments of the model's `__call__` for the adversary player's
     forward pass, which needs only the features (Halawa et al. skip the decoder there). `batch_keys`:
-    what `objective` reads from a batch; `evaluations`: see `train.interface`.
+    what `objective` reads from a batch; `evaluations`, `codes`: see `train.interface`.
     """
     adversaries = (*adversaries, *adv.from_config(config, data_spec))
+    # Past batches kept for the trained adversaries (methods.build refuses it where none is trained).
+    replay = int(adv.settings(config).get("replay", 0) or 0)
+    if all(a.closed_form for a in adversaries):
+        replay = 0
     num_steps = max(1, int(config.train.num_steps))
 
     def forward(params, model_state, images, rng, **kwargs):
@@ -106,6 +116,9 @@ def build_recipe(name: str, model: nn.Module, objective: Objective, config, data
     def loss_fn(params, model_state, batch, rng, step):
         outputs, new_state = forward(params, model_state, batch["image"], rng)
         loss, metrics = objective(outputs, params, batch, step)
+        if replay:  # this batch's features go to the adversaries' buffer for the next steps
+            new_state[adv.REPLAY_COLLECTION] = adv.push_replay(
+                model_state[adv.REPLAY_COLLECTION], adversaries, outputs, batch, step)
         if adversaries:
             terms, adversary_metrics = adv.encoder_terms(
                 adversaries, params, outputs, batch, step / num_steps
@@ -127,26 +140,31 @@ def build_recipe(name: str, model: nn.Module, objective: Objective, config, data
             variables,
         )
         variables["params"] = {**variables["params"], **adv.init_heads(adversaries, heads_rng, outputs)}
+        if replay:
+            variables[adv.REPLAY_COLLECTION] = adv.init_replay(
+                adversaries, outputs, int(config.train.batch_size), replay)
         return variables
 
     def apply(variables, images):
-        return model.apply({**variables, "params": model_params(variables["params"])}, images, train=False)
+        return model.apply({**model_collections(variables), "params": model_params(variables["params"])},
+                           images, train=False)
 
     optimizer = make_optimizer(config.optimizer, config.train.num_steps,
                                freeze_until=config.model.get("freeze_until", 0) if "backbone" in config.model
                                else None)
-    if not adversaries:
+    trained = [a for a in adversaries if not a.closed_form]
+    if not trained:  # no adversary at all, or only closed-form ones solved inside loss_fn
         players = (Player("model", loss_fn, optimizer),)
     else:
         sample = {"image": jnp.zeros((2, *data_spec.image_shape), jnp.float32)}
         with weights.shapes_only():
             groups = jax.eval_shape(init, jax.random.PRNGKey(0), sample)["params"]
         players = (
-            adv.player(adversaries, adversary_forward, adv.make_adversary_optimizer(config),
-                       steps=adv.settings(config).get("steps", 1)),
+            adv.player(trained, adversary_forward, adv.make_adversary_optimizer(config),
+                       steps=adv.settings(config).get("steps", 1), replay=bool(replay)),
             Player("model", loss_fn, optimizer,
                    owns=tuple(k for k in groups if not k.startswith(adv.GROUP_PREFIX))),
         )
-        batch_keys = tuple(dict.fromkeys((*batch_keys, *(k for a in adversaries for k in a.batch_keys))))
+    batch_keys = tuple(dict.fromkeys((*batch_keys, *(k for a in adversaries for k in a.batch_keys))))
     return Method(name=name, init=init, players=players, apply=apply,
-                  batch_keys=batch_keys, evaluations=evaluations)
+                  batch_keys=batch_keys, evaluations=evaluations, codes=tuple(codes))

@@ -19,9 +19,14 @@ What this recipe builds (METHODS.md section 2), with every [choice] a config swi
   decoder altogether. [choice] The target is the image mean-pooled by `reconstruction_downsample` = 2
   (a 64 px face is reconstructed at 32 px), which made a CPU step 2x faster.
 - The identity and pose adversaries of `config.adversary` attach to z_e as on every recipe.
+- `idfer evaluate` probes both codes (`Method.codes`): z_e for identity/pose, z_n for expression too;
+  with the decoder it draws `swap.png` (z_e of one held-out face decoded with z_n of another,
+  `generators['decode']`).
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -53,8 +58,14 @@ class Halawa(nn.Module):
             "nuisance_features": z_n,
         }
         if self.decoder is not None and reconstruct:
-            outputs["reconstruction"] = self.decoder(jnp.concatenate([z_e, z_n], axis=-1), train=train)
+            outputs["reconstruction"] = self.decode(z_e, z_n, train=train)
         return outputs
+
+    def decode(self, z_e, z_n, *, train: bool = False):
+        """G([z_e, z_n]): the face the decoder draws from an expression code and a non-expression code,
+        which may come from different faces (the swap figure: `model.apply(v, z_e, z_n,
+        method=Halawa.decode)`)."""
+        return self.decoder(jnp.concatenate([z_e, z_n], axis=-1), train=train)
 
 
 def model_config(**overrides) -> ml_collections.ConfigDict:
@@ -129,12 +140,10 @@ def reconstruction_target(images: jnp.ndarray, downsample: int) -> jnp.ndarray:
 def build(config, data_spec: DataSpec) -> Method:
     m = config.model
     model = build_model(config, data_spec)
-    adversary_config = adv.settings(config)
     expression_adversary = adv.Adversary(
         "expression", reads="nuisance_features", num_classes=data_spec.num_classes,
         labels=lambda batch: (batch["expression"], None), weight=float(m.adversary_weight),
-        formulation=adversary_config.formulation, hidden=adversary_config.get("hidden"),
-        standardize=adversary_config.get("standardize", True),
+        **adv.options(config),
     )
     cross_entropy = losses.cross_entropy(label_smoothing=m.label_smoothing)
     reconstruction_weight = float(m.reconstruction_weight)
@@ -153,9 +162,19 @@ def build(config, data_spec: DataSpec) -> Method:
             loss = loss + reconstruction_weight * reconstruction
         return loss, metrics
 
-    return common.build_recipe(
+    method = common.build_recipe(
         "halawa", model, objective, config, data_spec,
         adversaries=(expression_adversary,) if m.adversary_weight > 0 else (),
         adversary_call={"reconstruct": False},
-        evaluations=("reconstructions",) if float(m.reconstruction_weight) > 0 else (),
+        evaluations=("reconstructions", "swap") if reconstruction_weight > 0 else (),
+        codes=("features", "nuisance_features"),
     )
+    if reconstruction_weight <= 0:
+        return method
+
+    def decode(variables, z_e, z_n):
+        """(variables, z_e, z_n) -> the decoder's images (at the reconstruction target's size)."""
+        return model.apply({**variables, "params": common.model_params(variables["params"])}, z_e, z_n,
+                           method=Halawa.decode)
+
+    return dataclasses.replace(method, generators={**method.generators, "decode": decode})

@@ -18,6 +18,8 @@ What this recipe builds, with every [choice] (not in a source we could read) a `
   times `identity_weight` = 1), `loss_ratio` (identity weight = stop_gradient(L_exp / (L_exp + L_id)))
   or `uncertainty` (Kendall et al. 2018 learned log-variances, kept out of weight decay). These are the
   core's loss combinators (`idfer_jax.losses.make_combinator`).
+- Its two codes (`Method.codes`), each probed by `idfer evaluate`: `features` (the fused expression
+  stream, pooled) and `identity_features` (the identity stream, pooled).
 """
 
 from __future__ import annotations
@@ -163,4 +165,5 @@ def build(config, data_spec: DataSpec) -> Method:
     return common.build_recipe(
         "idennet", model, objective, config, data_spec, weighting=weighting,
         batch_keys=("image", "expression", "subject"),
+        codes=("features", "identity_features"),
     )

@@ -25,6 +25,9 @@ What this recipe builds (METHODS.md section 5); every [choice] is a config switc
   difference term: a classifier on `E_exp(x) - E_exp(G(h_n))` must predict y (1); LSGAN on the
   generated faces, an unconditional PatchGAN (0.1).
 - [choice] Adam lr 1e-4, betas (0.5, 0.999), for both players (`config.optimizer`).
+- Its three codes (`Method.codes`), each probed by `idfer evaluate`: `features` (f_exp),
+  `pose_features` (f_pose) and `identity_features` (the frozen f_id, the same embedding the
+  identity-preservation loss reads).
 """
 
 from __future__ import annotations
@@ -240,7 +243,10 @@ def build(config, data_spec: DataSpec) -> Method:
 
     def apply(variables, images):
         params, state = variables["params"], {k: v for k, v in variables.items() if k != "params"}
-        return forward(params, state, images, train=False, generate=False)
+        identity = gen.embed_identity(identity_net, state, images)
+        outputs = forward(params, state, images, train=False, generate=False, identity=identity)
+        # The frozen identity network's embedding: the third code the probes read (Method.codes).
+        return {**outputs, "identity_features": identity.astype(jnp.float32)}
 
     def neutralise(variables, images):
         params, state = variables["params"], {k: v for k, v in variables.items() if k != "params"}
@@ -266,5 +272,6 @@ def build(config, data_spec: DataSpec) -> Method:
                     *(("partner_mask",) if neutral_target_key == "partner_image" else ()),
                     *(("yaw",) if model.pose_head is not None else ())),
         frozen_variables=gen.identity_loader(config), evaluations=("neutralisation",),
+        codes=("features", "pose_features", "identity_features"),
         generators={"neutralise": neutralise, "embed_identity": embed},
     )

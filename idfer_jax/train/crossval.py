@@ -135,7 +135,25 @@ def _crossval(config, workdir: str, build_method: BuildMethod, *, devices=None, 
     return summary
 
 
+# Per-fold columns of every code other than `features` (`results['codes']`): column suffix <- key.
+CODE_COLUMNS = (("identity probe (MLP)", "identity_mlp"), ("expression probe (MLP)", "expression_mlp"),
+                ("verification AUC", "verification_auc"), ("yaw R^2", "yaw_r2"))
+# Columns of the validation subjects (`results['validation']`) <- key.
+VALIDATION_COLUMNS = (("validation accuracy", "accuracy"),
+                      ("validation identity probe (MLP)", "identity_mlp"),
+                      ("validation yaw R^2", "yaw_r2"))
+
+
+def _number(value) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
 def _fold_row(r: dict) -> dict:
+    """One fold's table row. Besides accuracy and the features' identity probes and pose R^2:
+    `identity verification AUC` (features; 0.5 = no identity), for every other declared code
+    `<code>: identity probe (MLP)`, `<code>: expression probe (MLP)`, `<code>: verification AUC` and
+    `<code>: yaw R^2`, and where the run held out validation subjects `validation accuracy`,
+    `validation identity probe (MLP)` and `validation yaw R^2` (each where measured)."""
     row = {
         "fold": r["fold"],
         "accuracy": r["accuracy"],
@@ -150,10 +168,22 @@ def _fold_row(r: dict) -> dict:
         row.update({"identity probe (linear)": identity["linear_acc"],
                     "identity probe (MLP)": identity["mlp_acc"],
                     "identity chance": identity["chance"]})
+    if _number(r.get("verification_auc")) is not None:
+        row["identity verification AUC"] = _number(r["verification_auc"])
     for k, v in (r.get("pose_leakage") or {}).items():
         row[f"{k.removesuffix('_r2')} R^2"] = v
     for band, v in (r.get("accuracy_by_abs_yaw") or {}).items():
         row[f"accuracy |yaw| {band}"] = v
+    for code, values in (r.get("codes") or {}).items():
+        if code == "features":
+            continue
+        for column, key in CODE_COLUMNS:
+            if _number(values.get(key)) is not None:
+                row[f"{code}: {column}"] = _number(values[key])
+    validation = r.get("validation") or {}
+    for column, key in VALIDATION_COLUMNS:
+        if _number(validation.get(key)) is not None:
+            row[column] = _number(validation[key])
     return row
 
 
@@ -210,6 +240,10 @@ def write_outputs(workdir: str, config, summary: dict, per_fold: list[dict]) -> 
         headline += (f" Identity probe (linear) on the expression features: {identity['mean']:.4f} +- "
                      f"{identity['std']:.4f} (mean chance {chance:.4f}; probe on "
                      f"{summary['identity_probe_subjects']}).")
+    verification = summary["mean_std"].get("identity verification AUC")
+    if verification:
+        headline += (f" Identity verification AUC of the expression features: {verification['mean']:.4f} +- "
+                     f"{verification['std']:.4f} (0.5 = no identity; lower is better).")
     sections = [
         ("Protocol", evaluate_lib.protocol_sentence({**per_fold[0], "fold": "each"})
          + " Fold files: `folds.json`; each fold's own report is in `fold_<i>/report.md`."),

@@ -6,6 +6,14 @@ Uses the last checkpoint (never a checkpoint picked on the test fold). Writes:
 - identity leakage: fresh linear and MLP probes on the frozen expression features of the held-out
   subjects' images, split by image within those subjects, beside chance (lower is better);
 - pose leakage: R^2 of yaw and pitch from the same features with ridge regression (lower is better);
+- `verification_auc`: identity leakage without a probe, the ROC-AUC of the features' cosine similarity
+  as a same-subject detector over pairs of held-out images (same-sequence pairs left out); 0.5 = none,
+  1 = a face-verification embedding (lower is better, down to 0.5);
+- `codes`: the same numbers for every code the method declares (`Method.codes`: Halawa et al.'s z_n,
+  IPD-FER's pose and identity codes, IDEnNet's identity stream), plus an expression probe on each
+  (`evaluation.probes.code_leakage`), so one sees e.g. whether z_n still carries the expression;
+- `validation`: where the data holds out validation subjects of the training fold
+  (`Dataset.validation_indices`), their accuracy and identity / yaw leakage of `features`;
 - accuracy per |yaw| band where the data has yaw;
 - what the method asks for by name in `Method.evaluations` (the `EVALUATORS` registry below):
   `attention_maps` (`attention_maps.png`: each scale's `outputs['attention']` map, one (N, h, w) map per
@@ -14,7 +22,9 @@ Uses the last checkpoint (never a checkpoint picked on the test fold). Writes:
   faces, columns, drawn by `generators['transfer']` with every target expression, rows) and
   `neutralisation` (`neutralisation.png`: held-out faces, their generated neutral faces and the true
   neutral face where known, with the fold's L1 between generated and true neutral faces and the identity
-  network's cosine similarity between each face and its generated neutral face);
+  network's cosine similarity between each face and its generated neutral face) and `swap`
+  (`swap.png`: `generators['decode']` on the expression code of one held-out face, rows, with the
+  method's second code, `Method.codes[1]`, of another, columns: Halawa et al.'s figure);
 - `eval_results.json` with every number, and `report.md` for people.
 """
 
@@ -32,6 +42,9 @@ from jax.experimental import multihost_utils
 from idfer_jax import evaluation as E
 from idfer_jax.configuration import ConfigError
 from idfer_jax.data import pipeline
+from idfer_jax.evaluation import plots as evaluation_plots
+from idfer_jax.evaluation import probes as evaluation_probes
+from idfer_jax.evaluation import report as evaluation_report
 from idfer_jax.train.checkpoint import CheckpointMismatchError
 from idfer_jax.train.trainer import BuildMethod, Trainer, to_global
 
@@ -62,24 +75,38 @@ def collect_outputs(trainer: Trainer, variables: dict, indices: np.ndarray,
     return out
 
 
-def identity_leakage(trainer: Trainer, variables: dict, out: dict, seed: int) -> dict:
+def probe_set(trainer: Trainer, variables: dict, out: dict,
+              output_keys: tuple[str, ...] = ("logits", "features")) -> tuple[dict, str]:
+    """The outputs the identity probes read, and whose they are: the held-out subjects' (`out`), or,
+    where the fold holds out a single subject (leave-one-subject-out), the fold model's outputs on
+    *every* subject, training subjects included (no probe can tell subjects apart within one)."""
+    if len(np.unique(out["subject"])) >= 2:
+        return out, "held-out subjects"
+    everything = np.sort(np.concatenate([trainer.dataset.train_indices, trainer.dataset.test_indices]))
+    return (collect_outputs(trainer, variables, everything, output_keys),
+            "all subjects (the fold holds out one; the others were seen in training)")
+
+
+def _groups(outputs: dict) -> np.ndarray | None:
+    """The sequence of each image, where every image has one: the probes keep a sequence on one side."""
+    sequences = outputs.get("sequence")
+    return sequences if sequences is not None and (sequences >= 0).all() else None
+
+
+def identity_leakage(trainer: Trainer, variables: dict, out: dict, seed: int,
+                     probe: tuple[dict, str] | None = None) -> dict:
     """Identity probes on the held-out subjects' expression features, split by sequence where known.
 
     Where the held-out fold has a single subject (leave-one-subject-out), no probe can tell subjects
     apart within it; the probe then reads the fold model's features of *every* subject, training
-    subjects included, and says so (`probe_subjects`). Without subject ids there is nothing to probe.
+    subjects included, and says so (`probe_subjects`; see `probe_set`, or pass its result as `probe`).
+    Without subject ids there is nothing to probe.
     """
     subjects = out["subject"]
     if (subjects < 0).any():
         return {"skipped": "the dataset has no subject ids"}
-    probe = out
-    scope = "held-out subjects"
-    if len(np.unique(subjects)) < 2:
-        everything = np.sort(np.concatenate([trainer.dataset.train_indices, trainer.dataset.test_indices]))
-        probe = collect_outputs(trainer, variables, everything)
-        scope = "all subjects (the fold holds out one; the others were seen in training)"
-    sequences = probe.get("sequence")
-    groups = sequences if sequences is not None and (sequences >= 0).all() else None
+    probe, scope = probe if probe is not None else probe_set(trainer, variables, out)
+    groups = _groups(probe)
     try:
         result = E.identity_leakage(probe["features"], probe["subject"], seed=seed, groups=groups)
     except ValueError as e:  # e.g. no subject with two sequences
@@ -87,6 +114,95 @@ def identity_leakage(trainer: Trainer, variables: dict, out: dict, seed: int) ->
     result["probe_subjects"] = scope
     result["split_by"] = "sequence" if groups is not None else "image"
     return result
+
+
+IDENTITY_PARTS = ("identity", "verification")
+CODE_KEYS = ("identity_linear", "identity_mlp", "identity_chance", "verification_auc", "yaw_r2", "pitch_r2",
+             "expression_linear", "expression_mlp", "expression_chance")
+
+
+def code_leakage(out: dict, probe: tuple[dict, str], codes: tuple[str, ...], seed: int, *,
+                 identity: dict | None = None, pose: dict | None = None) -> dict[str, dict]:
+    """`results['codes']`: for each code, `evaluation.probes.code_leakage`'s numbers (keys `CODE_KEYS`,
+    those that apply). Identity probes and verification AUC read `probe` (as `identity_leakage`),
+    pose and expression probes the held-out subjects' `out`. For `features`, the identity probe and
+    pose numbers are `identity` / `pose` (the top-level ones), not computed again."""
+    has_subjects = not (out["subject"] < 0).any()
+    probe_outputs, _ = probe
+    pose_arrays = {k: out[k] for k in ("yaw", "pitch") if k in out}
+    results = {}
+    for code in codes:
+        entry: dict = {}
+        reuse = code == "features" and identity is not None and pose is not None
+        if reuse:
+            if "linear_acc" in identity:
+                entry.update(identity_linear=identity["linear_acc"], identity_mlp=identity["mlp_acc"],
+                             identity_chance=identity["chance"])
+            elif "skipped" in identity:
+                entry["identity_skipped"] = identity["skipped"]
+            entry.update(pose)
+        if has_subjects:
+            parts = ("verification",) if reuse else IDENTITY_PARTS
+            entry.update(evaluation_probes.code_leakage(
+                probe_outputs[code], probe_outputs["subject"], groups=_groups(probe_outputs), seed=seed,
+                parts=parts))
+        else:
+            entry["identity_skipped"] = "the dataset has no subject ids"
+        entry.update(evaluation_probes.code_leakage(
+            out[code], out["subject"], expressions=out["expression"],
+            poses=None if reuse else pose_arrays, groups=_groups(out), seed=seed,
+            parts=("expression",) if reuse else ("pose", "expression")))
+        results[code] = entry
+    return results
+
+
+VALIDATION_KEYS = ("accuracy", "num_images", "num_subjects", "identity_linear", "identity_mlp",
+                   "identity_chance", "verification_auc", "yaw_r2")
+
+
+def validation_results(trainer: Trainer, variables: dict, seed: int) -> dict | None:
+    """`results['validation']` on the training fold's validation subjects (`Dataset.validation_indices`,
+    subjects held out of training for model/weight selection); None where there are none.
+
+    `accuracy` (higher is better), `num_images`, `num_subjects`, and for `features`: the identity probes
+    beside their chance, `verification_auc` (0.5 = no identity) and `yaw_r2` (where the data has yaw),
+    lower is better, measured as on the test fold (split by sequence within subject where known).
+    """
+    indices = np.asarray(getattr(trainer.dataset, "validation_indices", ()), dtype=np.int64)
+    if len(indices) == 0:
+        return None
+    val = collect_outputs(trainer, variables, indices)
+    subjects = val["subject"]
+    block = {
+        "accuracy": float(np.mean(val["logits"].argmax(-1) == val["expression"])),
+        "num_images": int(len(subjects)),
+        "num_subjects": int(len(np.unique(subjects[subjects >= 0]))),
+    }
+    if (subjects < 0).any():
+        block["identity_skipped"] = "the dataset has no subject ids"
+        parts = ("pose",)
+    else:
+        parts = (*IDENTITY_PARTS, "pose")
+    leakage = evaluation_probes.code_leakage(
+        val["features"], subjects, poses={"yaw": val["yaw"]} if "yaw" in val else None,
+        groups=_groups(val), seed=seed, parts=parts)
+    block.update({k: v for k, v in leakage.items() if k in VALIDATION_KEYS or k.endswith("_skipped")})
+    return block
+
+
+def check_codes(trainer: Trainer, variables: dict) -> None:
+    """ConfigError unless every name in `Method.codes` is a 2-D (N, D) output of `apply` (traced, not run)."""
+    codes = trainer.method.codes
+    h, w, c = trainer.dataset.spec.image_shape
+    outputs = jax.eval_shape(trainer.method.apply, variables, jax.ShapeDtypeStruct((2, h, w, c), jnp.float32))
+    wrong = [f"{k} ({'missing' if k not in outputs else f'shape {outputs[k].shape}'})" for k in codes
+             if k not in outputs or len(getattr(outputs[k], "shape", ())) != 2]
+    if wrong or "features" not in codes:
+        raise ConfigError(
+            f"{trainer.method.name} declares codes {list(codes)} (Method.codes) but "
+            + (f"apply(variables, images) gives {', '.join(wrong)}: each code must be a 2-D (N, D) output "
+               f"(apply returns {sorted(outputs)})." if wrong else "without 'features', which comes first.")
+        )
 
 
 def _eval_batches(trainer: Trainer, indices: np.ndarray):
@@ -139,15 +255,20 @@ def evaluate(config, workdir: str, build_method: BuildMethod, devices=None) -> d
     step, variables = trainer.restore_variables(workdir)
     trainer.check_outputs(variables)
     check_same_split(trainer.dataset.fold_file, workdir, config.data.get("fold_file") or "")
+    check_codes(trainer, variables)
     spec = trainer.dataset.spec
-    out = collect_outputs(trainer, variables, trainer.dataset.test_indices)
+    codes = tuple(trainer.method.codes)
+    output_keys = tuple(dict.fromkeys(("logits", "features", *codes)))
+    out = collect_outputs(trainer, variables, trainer.dataset.test_indices, output_keys)
     predictions = out["logits"].argmax(-1)
     acc = E.ConfusionAccumulator(spec.num_classes)
     acc.update(out["expression"], predictions)
     seed = int(config.eval.probe_seed)
-    identity = identity_leakage(trainer, variables, out, seed)
+    probe = probe_set(trainer, variables, out, output_keys) if not (out["subject"] < 0).any() else (out, "")
+    identity = identity_leakage(trainer, variables, out, seed, probe=probe)
     pose_arrays = {k: out[k] for k in ("yaw", "pitch") if k in out}
     pose = E.pose_leakage(out["features"], out["subject"], pose_arrays, seed=seed) if pose_arrays else {}
+    per_code = code_leakage(out, probe, codes, seed, identity=identity, pose=pose)
 
     results = {
         "method": config.method,
@@ -169,7 +290,13 @@ def evaluate(config, workdir: str, build_method: BuildMethod, devices=None) -> d
         "class_names": list(spec.class_names),
         "identity_leakage": identity,
         "pose_leakage": pose,
+        **({"verification_auc": per_code["features"]["verification_auc"]}
+           if "verification_auc" in per_code["features"] else {}),
+        "codes": per_code,
     }
+    validation = validation_results(trainer, variables, seed)
+    if validation is not None:
+        results["validation"] = validation
     if "yaw" in out:
         bands = {}
         abs_yaw = np.abs(out["yaw"])
@@ -238,6 +365,15 @@ def evaluate_expression_transfer(context: EvalContext) -> dict:
                                     context.workdir, ("transfer",))
 
 
+def evaluate_swap(context: EvalContext) -> dict:
+    """`swap.png`: `generators['decode']` on the expression code (`features`) of each held-out face (rows)
+    with the second code (`Method.codes[1]`, Halawa et al.'s z_n) of each (columns)."""
+    if context.is_main and write_swap_figure(context.trainer, context.host_variables, context.examples,
+                                             context.outputs, context.workdir):
+        return {"swap_figure": "swap.png"}
+    return {}
+
+
 def evaluate_neutralisation(context: EvalContext) -> dict:
     """`neutralisation.png` and the fold's neutral-face L1 / identity cosine, from `generators['neutralise']`
     (and `'embed_identity'` where the method has it)."""
@@ -248,7 +384,8 @@ def evaluate_neutralisation(context: EvalContext) -> dict:
 
 
 # The `Method.generators` an evaluator draws with (methods.build checks a method has them).
-EVALUATOR_GENERATORS = {"expression_transfer": ("transfer",), "neutralisation": ("neutralise",)}
+EVALUATOR_GENERATORS = {"expression_transfer": ("transfer",), "neutralisation": ("neutralise",),
+                        "swap": ("decode",)}
 
 # What a method can ask `idfer evaluate` for (`Method.evaluations`), by name: each a function of the
 # EvalContext returning entries for `eval_results.json` (figures it wrote, numbers it measured).
@@ -257,6 +394,7 @@ EVALUATORS = {
     "reconstructions": evaluate_reconstructions,
     "expression_transfer": evaluate_expression_transfer,
     "neutralisation": evaluate_neutralisation,
+    "swap": evaluate_swap,
 }
 
 
@@ -302,6 +440,26 @@ def write_reconstruction_figure(examples: dict, outputs: dict, workdir: str, cla
         os.path.join(workdir, "reconstructions.png"),
         labels=_true_and_predicted(examples, outputs, class_names),
         title="Held-out faces and their reconstructions (true -> predicted expression)",
+    )
+    return True
+
+
+def write_swap_figure(trainer: Trainer, variables: dict, examples: dict, outputs: dict, workdir: str) -> bool:
+    """The decoder on every (row, column) pair of example faces: the row face's `features` (its expression)
+    with the column face's `Method.codes[1]` (its identity and pose). False without two codes."""
+    codes = trainer.method.codes
+    if len(codes) < 2 or "decode" not in trainer.method.generators:
+        return False
+    z_e, z_n = np.asarray(outputs["features"]), np.asarray(outputs[codes[1]])
+    n = len(z_e)
+    decoded = np.asarray(trainer.jit(trainer.method.generators["decode"])(
+        variables, np.repeat(z_e, n, axis=0), np.tile(z_n, (n, 1))))
+    names = trainer.dataset.spec.class_names
+    labels = [names[k] for k in examples["expression"]]
+    evaluation_plots.plot_swap_grid(
+        examples["image"], examples["image"], decoded.reshape(n, n, *decoded.shape[1:]),
+        os.path.join(workdir, "swap.png"), row_labels=labels, column_labels=labels,
+        title=f"Decoded from the expression code of the row's face and the {codes[1]} of the column's face",
     )
     return True
 
@@ -467,8 +625,13 @@ def write_outputs(workdir: str, results: dict) -> None:
         ("Confusion matrix", "Rows: true class, columns: predicted. `confusion_matrix.csv`.\n\n"
          "![confusion matrix](confusion_matrix.png)"),
         ("Leakage of identity and pose into the expression features",
-         E.format_leakage(results["identity_leakage"], results["pose_leakage"])),
+         E.format_leakage(results["identity_leakage"], results["pose_leakage"],
+                          verification_auc=results.get("verification_auc"))),
     ]
+    if results.get("codes"):
+        sections.append(("Leakage of every code", evaluation_report.format_code_leakage(results["codes"])))
+    if results.get("validation"):
+        sections.append(("Validation subjects", evaluation_report.format_validation(results["validation"])))
     if results.get("attention_figure"):
         sections.append(("Attention maps", "One held-out face per class; each scale's spatial "
                          "attention overlaid, with the scale weight the model gave it.\n\n"
@@ -476,6 +639,10 @@ def write_outputs(workdir: str, results: dict) -> None:
     if results.get("reconstruction_figure"):
         sections.append(("Reconstructions", "One held-out face per class above the decoder's "
                          "reconstruction of it from the codes.\n\n![reconstructions](reconstructions.png)"))
+    if results.get("swap_figure"):
+        sections.append(("Swapped codes", "The decoder on the expression code of each row's face with the "
+                         "other code of each column's face (Halawa et al.'s figure): a row should keep its "
+                         "expression, a column its person and pose.\n\n![swapped codes](swap.png)"))
     if results.get("neutralisation"):
         sections.append(("Neutralisation", E.markdown_table([results["neutralisation"]]) + "\n\n"
                          "`neutral_l1`: generated vs true neutral face, images in [-1, 1] (lower is "

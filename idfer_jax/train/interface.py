@@ -16,9 +16,13 @@ code, so the trainer never does it.
     the model state after `init`, outside `jit`, so a large network is never a compiled constant.
 `batch_keys`: every key `loss_fn` reads from a batch; the trainer checks the run's data gives them all
     (an error naming the data switch otherwise, before anything is compiled).
+`codes` (optional, default `('features',)`): the names of `apply`'s 2-D (N, D) outputs that are a
+    representation the recipe claims to separate (Halawa et al.'s `('features', 'nuisance_features')`);
+    `idfer evaluate` runs the identity, verification, pose and expression probes on every one of them
+    (`results['codes']`). 'features' comes first.
 `evaluations` (optional): what `idfer evaluate` runs besides accuracy and leakage, by name from
     `train.evaluate.EVALUATORS` ('attention_maps', 'reconstructions', 'expression_transfer',
-    'neutralisation').
+    'neutralisation', 'swap').
 `generators` (optional) name -> pure function, for the figures and numbers of generative recipes:
     `'transfer': (variables, images, target_onehot) -> images` (expression transfer),
     `'neutralise': (variables, images) -> images` (the same face, neutral),
@@ -76,6 +80,7 @@ class Method:
     apply: Callable[[dict, jax.Array], dict]
     batch_keys: tuple[str, ...] = ("image", "expression")  # what loss_fn reads from the batch
     evaluations: tuple[str, ...] = ()  # names in train.evaluate.EVALUATORS
+    codes: tuple[str, ...] = ("features",)  # apply's (N, D) outputs the leakage probes read
     frozen_variables: Callable[[], dict] | None = None
     generators: Mapping[str, Callable] = dataclasses.field(default_factory=dict)
     finishing_stage: FinishingStage | None = None

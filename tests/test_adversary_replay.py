@@ -70,8 +70,12 @@ def test_a_step_fills_the_buffer_that_the_checkpointed_state_carries():
     assert adv.REPLAY_COLLECTION in new_state.model_state and "adversary/identity_ce" in metrics
 
 
-def test_replay_without_a_trained_adversary_is_refused():
+def test_replay_without_an_adversary_is_refused():
     config = tiny_config(smoke("baseline"))
-    config.adversary.update(identity=1.0, replay=2, formulation="ridge")
+    config.adversary.update(replay=2)
     with pytest.raises(configuration.ConfigError, match="replay"):
         methods.build(config, fake_spec())
+    config = tiny_config(smoke("fersnet"))
+    config.adversary.update(replay=2)
+    with pytest.raises(configuration.ConfigError, match="replay"):
+        methods.build(config, fake_spec(has_neutral=True))

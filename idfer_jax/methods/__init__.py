@@ -93,7 +93,7 @@ def _check_is_recipe(recipe: types.ModuleType, where: str) -> None:
 
 def _adversaries_on(config) -> list[str]:
     block = config.get("adversary") or {}
-    return [k for k in ("identity", "pose") if float(block.get(k, 0.0) or 0.0) > 0]
+    return [k for k in ("identity", "pose", "replay") if float(block.get(k, 0.0) or 0.0) > 0]
 
 
 def check_config(config) -> None:
@@ -125,18 +125,12 @@ def build(config, data_spec: DataSpec) -> Method:
     method = module(config).build(config, data_spec)
     from idfer_jax.methods import adversaries
 
-    on = _adversaries_on(config)
+    on = [k for k in _adversaries_on(config) if k != "replay"]
     if on and adversaries.settings(config).formulation in adversaries.CLOSED_FORM:
         # A closed-form adversary has no player; its labels' batch key shows that it was built.
         built = all(_ADVERSARY_KEYS[name] in method.batch_keys for name in on)
     else:
         built = "adversary" in [p.name for p in method.players]
-    replay = int(adversaries.settings(config).get("replay", 0) or 0)
-    if replay and "adversary" not in [p.name for p in method.players]:
-        raise ConfigError(
-            f"config.adversary.replay={replay} keeps past batches for trained adversaries, but this "
-            f"{config.method} run trains none (formulation {adversaries.settings(config).formulation!r}; "
-            "identity and pose weights 0, or a closed-form adversary). Set --config.adversary.replay=0.")
     if on and not built:
         # A recipe that does not say so (a registered build function) but ignores the switch.
         raise ConfigError(

@@ -159,6 +159,56 @@ def ridge_leave_one_out(features: jax.Array, labels: jax.Array, num_classes: int
     return best_r2, best_pred
 
 
+def ridge_on_buffer(features: jax.Array, labels: jax.Array, num_classes: int, buffer: Mapping,
+                    mask: jax.Array | None = None, *,
+                    alphas: Sequence[float] = (1.0,)) -> tuple[jax.Array, jax.Array]:
+    """The closed-form adversary with a memory: linear ridge regression fitted exactly on the replay
+    `buffer` (the features and labels of the last L batches, `init_replay`), scored on this batch.
+
+    The in-batch fit (`ridge_leave_one_out`) sees K images of each subject; a probe trained on a whole
+    test fold sees dozens, and finds identity directions too weak for one batch. Here the fit uses L
+    batches (e.g. 16 x 64 = 1024 rows for D = 256), refitted from scratch every step, so it lags the
+    encoder by at most L steps and never by an optimizer's pace. The buffer is stop-gradient (features
+    of earlier steps); the gradient reaches the encoder through this batch's features, standardized over
+    this batch (so shrinking the features cannot hide them from the fit). Of `alphas` (relative to the
+    mean of X^T X / N's diagonal, 1 on standardized features) the one that predicts this batch best is
+    kept: the batch is held out from the fit, so this is a fair choice for the adversary.
+
+    Args: features (N, D); labels (N,) int; buffer {'features' (M, D), 'labels' (M,), 'weights' (M,)};
+    mask (N,) 0/1 or None. Returns (R^2 on this batch, a float32 scalar <= 1; predictions (N, C)).
+    An empty buffer (weights all 0, the first steps) predicts nothing: R^2 <= 0.
+    """
+    dtype = jnp.promote_types(features.dtype, jnp.float32)
+    n = features.shape[0]
+    w = jnp.ones((n,), dtype) if mask is None else mask.astype(dtype)
+    x = standardize_over_batch(features.astype(dtype), w) * w[:, None]
+    y = jax.nn.one_hot(labels, num_classes, dtype=dtype) * w[:, None]
+    y = (y - jnp.sum(y, axis=0, keepdims=True) / jnp.maximum(jnp.sum(w), 1.0)) * w[:, None]
+    wb = jax.lax.stop_gradient(buffer["weights"]).astype(dtype)
+    count = jnp.maximum(jnp.sum(wb), 1.0)
+    xb = standardize_over_batch(jax.lax.stop_gradient(buffer["features"]).astype(dtype), wb) * wb[:, None]
+    yb = jax.nn.one_hot(buffer["labels"], num_classes, dtype=dtype) * wb[:, None]
+    yb = (yb - jnp.sum(yb, axis=0, keepdims=True) / count) * wb[:, None]
+    d = x.shape[1]
+    gram = xb.T @ xb / count
+    cross = xb.T @ yb / count
+    scale = jnp.trace(gram) / d
+    total = jnp.maximum(jnp.sum(y**2), 1e-12)
+    best_r2, best_pred = None, None
+    for alpha in alphas:
+        a = gram + (float(alpha) * scale + 1e-6) * jnp.eye(d, dtype=dtype)
+        coef = jax.scipy.linalg.cho_solve(jax.scipy.linalg.cho_factor(a, lower=True), cross)
+        pred = (x @ coef) * w[:, None]
+        r2 = 1.0 - jnp.sum((y - pred) ** 2) / total
+        if best_r2 is None:
+            best_r2, best_pred = r2, pred
+        else:
+            better = r2 > best_r2
+            best_r2 = jnp.where(better, r2, best_r2)
+            best_pred = jnp.where(better, pred, best_pred)
+    return best_r2, best_pred
+
+
 @dataclasses.dataclass(frozen=True)
 class Adversary:
     """Predicts `labels(batch)` from `outputs[reads]`; the encoder is trained so that it cannot."""
@@ -231,12 +281,21 @@ def init_heads(adversaries: Sequence[Adversary], rng: jax.Array, outputs: Mappin
 
 
 def encoder_terms(adversaries: Sequence[Adversary], params: Mapping, outputs: Mapping,
-                  batch: Mapping, progress: jax.Array) -> tuple[dict, dict]:
-    """(weighted terms for the encoder's loss, metrics); `progress` in [0, 1] drives the GRL schedule."""
+                  batch: Mapping, progress: jax.Array, replay: Mapping | None = None) -> tuple[dict, dict]:
+    """(weighted terms for the encoder's loss, metrics); `progress` in [0, 1] drives the GRL schedule.
+    With a `replay` buffer a closed-form adversary is fitted on the buffer (`ridge_on_buffer`)."""
     lam = losses.dann_lambda(progress)
     terms, metrics = {}, {}
     for a in adversaries:
         features = outputs[a.reads]
+        if a.closed_form and replay is not None:
+            labels, mask = a.labels(batch)
+            r2, predictions = ridge_on_buffer(features, labels, a.num_classes, replay[a.name], mask,
+                                              alphas=a.ridge_alphas)
+            terms[f"{a.name}_adversary"] = a.weight * jnp.maximum(r2, 0.0)
+            metrics[f"{a.name}_ridge_r2"] = r2
+            metrics[f"{a.name}_ridge_accuracy"] = L.accuracy(predictions, labels, mask)
+            continue
         if a.closed_form:
             r2, accuracy = a.ridge_fit(features, batch)
             terms[f"{a.name}_adversary"] = a.weight * jnp.maximum(r2, 0.0)
@@ -284,12 +343,12 @@ REPLAY_COLLECTION = "adversary_replay"  # a model_state collection: checkpointed
 
 
 def init_replay(adversaries: Sequence[Adversary], outputs: Mapping, batch_size: int, length: int) -> dict:
-    """Empty buffers of `length` batches of `batch_size` rows for each trained adversary: features
+    """Empty buffers of `length` batches of `batch_size` rows for each adversary: features
     (L * B, D) float32, labels (L * B,) int32 and weights (L * B,) float32 (0 = slot not filled yet)."""
     rows = int(length) * int(batch_size)
     return {a.name: {"features": jnp.zeros((rows, jnp.shape(outputs[a.reads])[-1]), jnp.float32),
                      "labels": jnp.zeros((rows,), jnp.int32), "weights": jnp.zeros((rows,), jnp.float32)}
-            for a in adversaries if not a.closed_form}
+            for a in adversaries}
 
 
 def push_replay(buffer: Mapping, adversaries: Sequence[Adversary], outputs: Mapping, batch: Mapping,
@@ -297,8 +356,6 @@ def push_replay(buffer: Mapping, adversaries: Sequence[Adversary], outputs: Mapp
     """`buffer` with this batch's features and labels in slot `step % length` (oldest out first)."""
     out = {}
     for a in adversaries:
-        if a.closed_form:
-            continue
         past = buffer[a.name]
         labels, mask = a.labels(batch)
         rows = labels.shape[0]

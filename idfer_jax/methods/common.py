@@ -8,6 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from idfer_jax.configuration import ConfigError
 from idfer_jax.data.pipeline import DataSpec
 from idfer_jax.losses import WEIGHTING_PARAM_KEY
 from idfer_jax.methods import adversaries as adv
@@ -103,8 +104,10 @@ def build_recipe(name: str, model: nn.Module, objective: Objective, config, data
     adversaries = (*adversaries, *adv.from_config(config, data_spec))
     # Past batches kept for the trained adversaries (methods.build refuses it where none is trained).
     replay = int(adv.settings(config).get("replay", 0) or 0)
-    if all(a.closed_form for a in adversaries):
-        replay = 0
+    if replay and not adversaries:
+        raise ConfigError(
+            f"config.adversary.replay={replay} keeps past batches for adversaries, but this {name} run has "
+            "none (config.adversary.identity and .pose are 0). Set --config.adversary.replay=0.")
     num_steps = max(1, int(config.train.num_steps))
 
     def forward(params, model_state, images, rng, **kwargs):
@@ -121,7 +124,8 @@ def build_recipe(name: str, model: nn.Module, objective: Objective, config, data
                 model_state[adv.REPLAY_COLLECTION], adversaries, outputs, batch, step)
         if adversaries:
             terms, adversary_metrics = adv.encoder_terms(
-                adversaries, params, outputs, batch, step / num_steps
+                adversaries, params, outputs, batch, step / num_steps,
+                replay=model_state[adv.REPLAY_COLLECTION] if replay else None,
             )
             for term_name, value in terms.items():
                 loss = loss + value

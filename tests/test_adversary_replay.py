@@ -70,11 +70,11 @@ def test_a_step_fills_the_buffer_that_the_checkpointed_state_carries():
     assert adv.REPLAY_COLLECTION in new_state.model_state and "adversary/identity_ce" in metrics
 
 
-def test_replay_without_an_adversary_is_refused():
+def test_replay_is_the_adversaries_setting_and_a_gan_recipe_refuses_it():
     config = tiny_config(smoke("baseline"))
-    config.adversary.update(replay=2)
-    with pytest.raises(configuration.ConfigError, match="replay"):
-        methods.build(config, fake_spec())
+    config.adversary.update(replay=2)  # no adversary: the weight-0 baseline of a sweep
+    method = methods.build(config, fake_spec())
+    assert [p.name for p in method.players] == ["model"]
     config = tiny_config(smoke("fersnet"))
     config.adversary.update(replay=2)
     with pytest.raises(configuration.ConfigError, match="replay"):

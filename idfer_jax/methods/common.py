@@ -8,7 +8,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from idfer_jax.configuration import ConfigError
 from idfer_jax.data.pipeline import DataSpec
 from idfer_jax.losses import WEIGHTING_PARAM_KEY
 from idfer_jax.methods import adversaries as adv
@@ -103,11 +102,9 @@ def build_recipe(name: str, model: nn.Module, objective: Objective, config, data
     """
     adversaries = (*adversaries, *adv.from_config(config, data_spec))
     # Past batches kept for the trained adversaries (methods.build refuses it where none is trained).
-    replay = int(adv.settings(config).get("replay", 0) or 0)
-    if replay and not adversaries:
-        raise ConfigError(
-            f"config.adversary.replay={replay} keeps past batches for adversaries, but this {name} run has "
-            "none (config.adversary.identity and .pose are 0). Set --config.adversary.replay=0.")
+    # Like `formulation` and `steps`, it applies to the run's adversaries, if any: a weight-0 run of a
+    # sweep is the baseline with the same settings.
+    replay = int(adv.settings(config).get("replay", 0) or 0) if adversaries else 0
     num_steps = max(1, int(config.train.num_steps))
 
     def forward(params, model_state, images, rng, **kwargs):

@@ -129,7 +129,7 @@ def test_a_short_smoke_run_with_the_adversary_leaks_less_identity(smoke_config, 
     from idfer_jax import api
 
     results = {}
-    for name, weight in (("plain", 0.0), ("adversary", 3.0)):
+    for name, weight in (("plain", 0.0), ("adversary", 1.0)):
         config = smoke_config.copy_and_resolve_references()
         config.train.update(num_steps=300, checkpoint_every=300, log_every=300)
         config.data.subjects_per_batch = 8
@@ -137,6 +137,8 @@ def test_a_short_smoke_run_with_the_adversary_leaks_less_identity(smoke_config, 
         api.train(config, tmp_path / name)
         results[name] = api.evaluate(config, tmp_path / name)
     plain, adversarial = results["plain"], results["adversary"]
+    # Measured: verification AUC 0.611 -> 0.545, linear probe 0.762 -> 0.524 (chance 0.167); the smoke
+    # set's expression accuracy fell too (0.286 -> 0.155): this checks removal, not the trade-off.
     margin = {"verification_auc": 0.05, "linear_acc": 0.1}
     assert adversarial["verification_auc"] <= plain["verification_auc"] - margin["verification_auc"], results
     assert (adversarial["identity_leakage"]["linear_acc"]

@@ -251,6 +251,13 @@ def validate(config, *, recipes: bool = True) -> None:
         _number(config, "adversary.hidden", minimum=1, integer=True)
         _number(config, "adversary.depth", minimum=0, integer=True)
         _number(config, "adversary.replay", minimum=0, integer=True)
+        replay = _lookup(config, "adversary.replay")
+        if (_lookup(config, "adversary.formulation") == "ridge" and replay not in (_ABSENT, None, 0)
+                and _lookup(config, "adversary.ridge_kernel") == "rbf"):
+            raise ConfigError(
+                "config.adversary.ridge_kernel='rbf' applies to the in-batch fit; with config.adversary."
+                f"replay={replay} the ridge adversary is fitted linearly on the buffer. Set "
+                "--config.adversary.ridge_kernel=linear, or --config.adversary.replay=0 for the rbf fit.")
         _choice(config, "adversary.ridge_kernel", adversaries.RIDGE_KERNELS)
         alphas = _lookup(config, "adversary.ridge_alphas")
         if alphas is not _ABSENT and (not isinstance(alphas, (tuple, list)) or not alphas or any(
@@ -312,9 +319,14 @@ def _check_subjects_per_batch(config) -> None:
     """data.subjects_per_batch = P must split train.batch_size into P equal groups (the subject count of
     the fold is checked by the pipeline, which has the data)."""
     p, batch = _lookup(config, "data.subjects_per_batch"), _lookup(config, "train.batch_size")
+    if p == 1:
+        raise ConfigError(
+            "config.data.subjects_per_batch=1 puts one subject in every batch: nothing in a batch then "
+            "tells subjects apart (an identity adversary sees no identity). Use 0 (plain shuffled batches) "
+            "or at least 2, e.g. --config.data.subjects_per_batch=16 with batch 64.")
     if p is _ABSENT or batch is _ABSENT or not p or batch % p == 0:
         return
-    divisors = [d for d in range(1, batch + 1) if batch % d == 0]
+    divisors = [d for d in range(2, batch + 1) if batch % d == 0]
     raise ConfigError(
         f"config.data.subjects_per_batch={p} does not divide config.train.batch_size={batch}: each batch "
         f"holds P subjects x K images. Set --config.train.batch_size to a multiple of {p} (e.g. "

@@ -290,6 +290,7 @@ def _run_command(command: str, config, workdir: str) -> None:
         from idfer_jax.train import sweep as sweep_lib
 
         key, values = sweep_lib.parse_grid(_SWEEP.value)
+        sweep_lib.check_arguments(key, values, _SELECT.value, _TOLERANCE.value)
         result = api.sweep(config, workdir, key, values, select=_SELECT.value, tolerance=_TOLERANCE.value,
                            restart=_RESTART.value)
         run = result["runs"][result["chosen"]]

@@ -50,8 +50,17 @@ def test_the_grid_is_parsed_cast_to_the_key_type_and_checked():
     for spec in ("adversary.identity=1", "adversary.identity", "=1,2", "adversary.identity=1,1"):
         with pytest.raises(configuration.ConfigError, match="--sweep"):
             sweep.parse_grid(spec)
-    with pytest.raises(configuration.ConfigError, match="does not exist"):
+    with pytest.raises(configuration.ConfigError, match="does not exist.*Did you mean 'identity'"):
         sweep.with_value(config, "adversary.identiti", "1")
+    with pytest.raises(configuration.ConfigError, match="no 'adversry' block.*Did you mean 'adversary'"):
+        sweep.with_value(config, "adversry.identity", "1")
+    for tolerance in (-1.0, float("nan")):
+        with pytest.raises(configuration.ConfigError, match="--tolerance"):
+            sweep.check_arguments(key, values, "", tolerance)
+    with pytest.raises(configuration.ConfigError, match="--select"):
+        sweep.check_arguments(key, values, "identiy", 0.01)
+    with pytest.raises(configuration.ConfigError, match="validation_fraction"):
+        sweep.check_arguments("data.validation_fraction", ["0", "0.3"], "", 0.01)
     with pytest.raises(configuration.ConfigError, match="is a number"):
         sweep.with_value(config, "adversary.identity", "high")
     with pytest.raises(configuration.ConfigError, match="integer"):

@@ -430,7 +430,7 @@ class SubjectBalancedSampler:
         if global_batch % self._p:
             step = math.lcm(self._p, self._process_count)
             sizes = sorted({max(step, global_batch // step * step), global_batch // step * step + step})
-            divisors = [d for d in range(1, min(global_batch, len(ids)) + 1) if global_batch % d == 0]
+            divisors = [d for d in range(2, min(global_batch, len(ids)) + 1) if global_batch % d == 0]
             raise DataError(
                 f"The global batch of {global_batch} images cannot hold config.data.subjects_per_batch="
                 f"{self._p} subjects with the same number of images each. Set --config.train.batch_size to "

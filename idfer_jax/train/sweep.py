@@ -20,7 +20,9 @@ baseline and chosen value marked).
 
 from __future__ import annotations
 
+import difflib
 import json
+import math
 import os
 from collections.abc import Sequence
 
@@ -57,10 +59,13 @@ def with_value(config, key: str, text: str):
     node = config
     for p in parents:
         if p not in node or not hasattr(node[p], "keys"):
-            raise ConfigError(f"--sweep key config.{key} does not exist in this config (no {p!r} block).")
+            blocks = [k for k in node.keys() if hasattr(node[k], "keys")]
+            raise ConfigError(f"--sweep key config.{key} does not exist in this config (no {p!r} block)."
+                              f"{_suggestion(p, blocks)} Blocks: {', '.join(sorted(blocks))}.")
         node = node[p]
     if leaf not in node:
-        raise ConfigError(f"--sweep key config.{key} does not exist in this config; that block has: "
+        hint = _suggestion(leaf, node.keys())
+        raise ConfigError(f"--sweep key config.{key} does not exist in this config.{hint} That block has: "
                           f"{', '.join(sorted(node.keys()))}.")
     current = node[leaf]
     if isinstance(current, bool) or not isinstance(current, (int, float, str)):
@@ -78,6 +83,30 @@ def with_value(config, key: str, text: str):
     with config.unlocked():
         node[leaf] = value
     return config, value
+
+
+def _suggestion(name: str, candidates) -> str:
+    close = difflib.get_close_matches(name, list(candidates), n=1)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
+def check_arguments(key: str, values: Sequence[str], select: str, tolerance: float) -> None:
+    """What a sweep can refuse before any training: ConfigError naming the fix."""
+    if select and select not in SELECTIONS:
+        raise ConfigError(f"--select={select!r}: use one of {', '.join(SELECTIONS)}.")
+    if not math.isfinite(tolerance) or tolerance < 0:
+        raise ConfigError(f"--tolerance={tolerance} must be a number >= 0: the validation accuracy the "
+                          "chosen value may lose against the baseline, e.g. --tolerance=0.01.")
+    if key == "data.validation_fraction" and any(_number(v) is not None and _number(v) <= 0 for v in values):
+        raise ConfigError("--sweep=data.validation_fraction=... must be > 0 for every value: the sweep "
+                          "chooses on the validation subjects.")
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
 
 
 def default_selection(key: str) -> str:
@@ -151,10 +180,10 @@ def sweep(config, workdir: str, key: str, values: Sequence, build_method, *, sel
           tolerance: float = 0.01, devices=None, restart: bool = False) -> dict:
     """Cross-validates `config` with `key` set to each of `values` (their text, as `parse_grid` gives
     them); see the module docstring. Returns what `sweep_results.json` holds."""
+    check_arguments(key, values, select, tolerance)
     select = select or default_selection(key)
-    if select not in SELECTIONS:
-        raise ConfigError(f"--select={select!r}: use one of {SELECTIONS}.")
     config = config.copy_and_resolve_references()
+    with_value(config, key, values[0])  # an unknown key fails before the notice below
     if float(config.data.get("validation_fraction", 0.0) or 0.0) <= 0:
         with config.unlocked():
             config.data.validation_fraction = DEFAULT_VALIDATION_FRACTION
@@ -168,7 +197,7 @@ def sweep(config, workdir: str, key: str, values: Sequence, build_method, *, sel
     runs = []
     for text, (cfg, value) in zip(values, grid, strict=True):
         run_dir = os.path.join(workdir, f"{key}={text}")
-        announce(f"=== idfer sweep: {key}={value} -> {run_dir}")
+        announce(f"=== idfer sweep: {key}={text} -> {run_dir}")
         summary = crossval_lib.crossval(cfg, run_dir, build_method, devices=devices, restart=restart)
         per_fold = _fold_results(run_dir, summary["num_folds"])
         tests = [_test_numbers(r) for r in per_fold]
@@ -205,11 +234,12 @@ def table_rows(result: dict) -> list[dict]:
             result["key"]: f"{r['value']}{mark}",
             "test accuracy": _cell(t["accuracy"]),
             "test identity probe": _cell(t["identity_probe"]),
-            "identity chance": _cell(t["identity_chance"]),
+            "test identity chance": _cell(t["identity_chance"]),
             "test verification AUC": _cell(t["verification_auc"]),
             "test yaw R²": _cell(t["yaw_r2"]),
             "validation accuracy": _cell(v["accuracy"]),
             "validation identity probe": _cell(v["identity_probe"]),
+            "validation identity chance": _cell(v["identity_chance"]),
             "validation yaw R²": _cell(v["yaw_r2"]),
         })
     keep = [k for k in rows[0] if any(row[k] for row in rows)]
@@ -227,7 +257,10 @@ def write_outputs(workdir: str, result: dict) -> None:
     sections = [
         ("Choice", f"Reported value: **{result['key']}={chosen['value']}** ({result['rule']}; "
                    f"validation fraction {result['validation_fraction']})."),
-        ("Mean ± std over folds", markdown_table(table_rows(result))),
+        ("Mean ± std over folds", "Identity probe: the larger of the linear and MLP probes (lower is "
+         "better; its chance beside it: the validation split holds fewer subjects than the test fold); "
+         "verification AUC: 0.5 = no identity; yaw R²: lower is better.\n\n"
+         + markdown_table(table_rows(result))),
         ("Runs", "Each value's cross-validation is in its own directory: "
          + ", ".join(f"`{r['workdir']}/`" for r in result["runs"]) + " (`idfer compare` reads them)."),
     ]

@@ -261,8 +261,10 @@ def format_code_leakage(codes: Mapping[str, Mapping[str, Any]]) -> str:
             for code, values in codes.items()]
     notes = [f"`{code}`: {key.removesuffix('_skipped')} not measured ({why})"
              for code, values in codes.items() for key, why in values.items() if key.endswith("_skipped")]
-    return ("Fresh probes on every code the method declares (held-out subjects; split by sequence within "
-            "subject where known).\n\n" + markdown_table(rows)
+    return ("Fresh probes on every code the method declares (held-out subjects; each subject's images "
+            "split in two, whole sequences to one side where the data has sequences, as in the identity "
+            "section). Expression chance here is the majority-class share of the probe's test side, not "
+            "1 / classes.\n\n" + markdown_table(rows)
             + ("\n\n" + "; ".join(notes) + "." if notes else ""))
 
 

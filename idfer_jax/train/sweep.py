@@ -296,6 +296,8 @@ def plot(result: dict, path: str) -> bool:
             if r["value"] == 0:
                 ax.plot([x], [y], marker="*", markersize=15, color="black", linestyle="none",
                         label="baseline")
+                ax.axhline(y - result["tolerance"], color="black", linestyle="--", linewidth=0.8,
+                           label=f"baseline accuracy - {result['tolerance']:g}")
         i = result["chosen"]
         ax.plot([xs[i]], [ys[i]], marker="o", markersize=14, markerfacecolor="none", color="red",
                 linestyle="none", label="chosen (validation)")

@@ -455,11 +455,16 @@ def write_swap_figure(trainer: Trainer, variables: dict, examples: dict, outputs
     decoded = np.asarray(trainer.jit(trainer.method.generators["decode"])(
         variables, np.repeat(z_e, n, axis=0), np.tile(z_n, (n, 1))))
     names = trainer.dataset.spec.class_names
-    labels = [names[k] for k in examples["expression"]]
+    # Rows give the expression (z_e), columns the rest (z_n: person, pose, light): each labelled so.
+    rows = [f"z_e: {names[k]}" for k in examples["expression"]]
+    subjects = examples.get("subject")
+    columns = [f"z_n: face {j}" + (f" (subject {subjects[j]})" if subjects is not None else "")
+               for j in range(n)]
     evaluation_plots.plot_swap_grid(
         examples["image"], examples["image"], decoded.reshape(n, n, *decoded.shape[1:]),
-        os.path.join(workdir, "swap.png"), row_labels=labels, column_labels=labels,
-        title=f"Decoded from the expression code of the row's face and the {codes[1]} of the column's face",
+        os.path.join(workdir, "swap.png"), row_labels=rows, column_labels=columns,
+        title=f"Decoded from z_e (expression code) of the row's face and z_n ({codes[1]}) of the "
+              "column's face",
     )
     return True
 

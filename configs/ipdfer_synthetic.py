@@ -25,4 +25,5 @@ def get_config(arg: str | None = None):
         c.model.update(backbone="resnet_tiny", code_dim=64, decoder_widths=(32, 16, 8),
                        discriminator_widths=(8, 16, 32))
         c.train.update(num_steps=300, checkpoint_every=150)
+        c.eval.reader_steps = 200
     return c

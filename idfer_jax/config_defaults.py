@@ -57,7 +57,9 @@ def data(**overrides) -> ml_collections.ConfigDict:
     c.flip = True
     c.augment = ml_collections.ConfigDict(AUGMENT_DEFAULTS)  # more training-time augmentation, all off
     c.with_neutral = False
-    c.partner = ""  # '' | other_expression | neutral: a same-subject partner image per training example
+    # '' | other_expression | neutral | counterfactual (synthetic: the exact same face with another
+    # expression): a same-subject partner image per training example
+    c.partner = ""
     # Share of the fold's training subjects held out as a validation split (for choosing a loss weight
     # or a checkpoint without the test fold: `idfer sweep`); 0 = none.
     c.validation_fraction = 0.0
@@ -120,6 +122,8 @@ def evaluation(**overrides) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.batch_size = 128
     c.probe_seed = 0
+    # Steps of the independent expression reader that judges generated faces (evaluation.generation)
+    c.reader_steps = 1500
     c.update(overrides)
     return c
 

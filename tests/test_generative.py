@@ -136,6 +136,17 @@ def test_partners_are_the_same_subject_with_another_expression_or_neutral(smoke_
                     assert labels["expression"][k] != labels["expression"][j]
                 else:
                     assert labels["expression"][k] == 0
+    # The stored counterfactual: the same face (same pose and background) with another expression.
+    partners = pipeline.Partners(dataset.source, labels, dataset.train_indices, "counterfactual",
+                                 neutral_class=0, has_counterfactual=dataset.spec.has_counterfactual)
+    record = source[0]
+    partner = partners.random_map(record, np.random.default_rng(0))["_partner"]
+    assert partner["mask"] == 1 and partner["expression"] == record["counterfactual_expression"]
+    assert partner["expression"] != record["expression"]
+    np.testing.assert_array_equal(partner["image"], record["counterfactual_image"])
+    with pytest.raises(pipeline.DataError, match="counterfactual"):
+        pipeline.Partners(dataset.source, labels, dataset.train_indices, "counterfactual", neutral_class=0,
+                          has_counterfactual=False)
     with pytest.raises(pipeline.DataError, match="neutral"):
         pipeline.Partners(dataset.source, labels, dataset.train_indices, "neutral", neutral_class=None)
     with pytest.raises(pipeline.DataError, match="Unknown data.partner"):
@@ -159,6 +170,7 @@ def test_each_generative_recipe_learns_in_a_short_run(spec_path, smoke_data_dir,
     config = api.load_config(spec_path)
     config.data.data_dir = smoke_data_dir
     config.train.update(num_steps=200, log_every=50, checkpoint_every=200)
+    config.eval.reader_steps = 50
     # Narrower networks than `:smoke` (a quarter of the time; measured: synthesis L1 0.80 -> 0.33, held-out
     # accuracy 0.24 at 200 steps), batches of 16 for FERSNet, whose decoder runs 3 times a step.
     config.model.discriminator_widths = (16, 32)
@@ -178,11 +190,19 @@ def test_each_generative_recipe_learns_in_a_short_run(spec_path, smoke_data_dir,
     report = open(tmp_path / "report.md").read()
     if config.method == "fersnet":
         assert results["transfer_figure"] == "expression_transfer.png" and "expression_transfer.png" in report
+        transfer = results["transfer"]  # measured against the stored counterfactuals
+        assert transfer["num_images"] == results["num_test_images"]
+        assert transfer["face_l1_copy_input"] > 0.005 and np.isfinite(transfer["face_l1_to_counterfactual"])
+        for key in ("read_as_target", "reader_on_real_test", "reader_on_true_counterfactuals"):
+            assert 0 <= transfer[key] <= 1, transfer
+        assert -1 <= transfer["identity_cosine_other_subject"] <= 1
+        assert "Expression transfer, measured" in report
     else:
         assert results["neutralisation_figure"] == "neutralisation.png" and "neutralisation.png" in report
         neutral = results["neutralisation"]
         assert neutral["neutral_l1"] < 0.8 * first["generator/neutral_l1"], (neutral, first)
         assert 0 < neutral["identity_cosine_input_vs_neutral"] <= 1
+        assert neutral["face_l1_input_to_true_neutral"] > 0 and neutral["neutral_distance_ratio"] > 0
 
 
 def test_balance_plan_fills_every_subjects_missing_and_minority_expressions():

@@ -72,6 +72,36 @@ def test_every_expression_changes_the_face() -> None:
             assert np.abs(images[a].astype(int) - images[b]).sum() > 0, (a, b)
 
 
+def test_counterfactual_is_the_same_face_with_another_expression() -> None:
+    happy = sf.sample_example_factors(SMOKE, _first_of(SMOKE, 2, 4))
+    surprised = sf.counterfactual_factors(happy, 6, 0.9)
+    for key in ('subject', 'yaw', 'pitch', 'roll', 'background_a', 'noise_seed', 'light_azimuth', 'identity'):
+        assert surprised[key] == happy[key], key
+    a, b = sf.render(happy, 64).astype(int), sf.render(surprised, 64).astype(int)
+    changed = np.abs(a - b).max(-1) > 8
+    assert changed.mean() > 0.01  # the expression shows
+    # ... only where a face changes expression: the top (hair) and the sides (background) are untouched
+    # (a dropped jaw reaches the bottom rows).
+    border = np.zeros((64, 64), bool)
+    border[:10] = border[:, :6] = border[:, -6:] = True
+    assert not changed[border].any()
+    # Neutral is intensity 0 whatever is asked, i.e. the stored neutral render.
+    np.testing.assert_array_equal(sf.render(sf.counterfactual_factors(happy, 0, 0.7), 64),
+                                  sf.render(happy, 64, neutral=True))
+    with pytest.raises(ValueError, match='expression'):
+        sf.counterfactual_factors(happy, 7, 0.5)
+
+
+def test_counterfactual_targets_are_other_expressions_drawn_evenly() -> None:
+    targets = [sf.sample_counterfactual_target(SMOKE, i) for i in range(SMOKE.num_examples)]
+    own = [sf.sample_example_factors(SMOKE, i)['expression'] for i in range(SMOKE.num_examples)]
+    assert all(t != o for (t, _), o in zip(targets, own, strict=True))
+    counts = np.bincount([t for t, _ in targets], minlength=7)
+    assert counts.min() > 0.6 * counts.mean(), counts
+    assert all((a == 0) == (t == 0) for t, a in targets)
+    assert targets == [sf.sample_counterfactual_target(SMOKE, i) for i in range(SMOKE.num_examples)]
+
+
 def test_yaw_rotates_the_head_in_3d() -> None:
     # Every texture and part of a subject is mirror-symmetric, so with symmetric light, background
     # and framing, yaw -40 must be the mirror image of yaw +40 while differing from it.
@@ -114,7 +144,7 @@ def test_builder_smoke_prepares_and_reads(smoke_source) -> None:
     assert len(source) == 24 * 7 * 8
     examples = [source[i] for i in range(len(source))]
     ex = examples[0]
-    for key in ('image', 'neutral_image'):
+    for key in ('image', 'neutral_image', 'counterfactual_image'):
         assert ex[key].shape == (48, 48, 3) and ex[key].dtype == np.uint8
     features = builder.info.features
     assert features['intensity'].np_dtype == np.float32
@@ -141,6 +171,12 @@ def test_builder_smoke_prepares_and_reads(smoke_source) -> None:
     factors = sf.sample_example_factors(builder.builder_config, int(ex['example_id']))
     np.testing.assert_array_equal(ex['image'], sf.render(factors, 48))
     np.testing.assert_array_equal(ex['neutral_image'], sf.render(factors, 48, neutral=True))
+    # ... and so is its stored counterfactual.
+    target, intensity = sf.sample_counterfactual_target(builder.builder_config, int(ex['example_id']))
+    assert ex['counterfactual_expression'] == target and ex['counterfactual_expression'] != ex['expression']
+    np.testing.assert_allclose(ex['counterfactual_intensity'], intensity, rtol=1e-6)
+    np.testing.assert_array_equal(ex['counterfactual_image'],
+                                  sf.render(sf.counterfactual_factors(factors, target, intensity), 48))
 
 
 def test_identity_is_a_strong_factor(smoke_source) -> None:

@@ -70,6 +70,9 @@ class DataSpec:
     train_subjects: tuple[int, ...]  # identity heads index subjects by their position here
     pose_keys: tuple[str, ...]
     has_neutral: bool
+    # Each record stores its exact counterfactual with another expression (the synthetic faces):
+    # `data.partner='counterfactual'` pairs it as the partner image.
+    has_counterfactual: bool = False
 
     @property
     def num_classes(self) -> int:
@@ -313,6 +316,8 @@ class MappedSource:
         _, lookup, offset = self._parts[part]
         record = dict(record)
         record["expression"] = lookup[record["expression"]]
+        if "counterfactual_expression" in record:  # -1 where the run leaves that class out
+            record["counterfactual_expression"] = lookup[record["counterfactual_expression"]]
         if offset and record["subject"] >= 0:
             record["subject"] = record["subject"] + offset
         return record
@@ -527,6 +532,7 @@ def open_dataset(data_config) -> Dataset:
         train_subjects=tuple(int(s) for s in np.unique(labels["subject"][train_idx]) if s >= 0),
         pose_keys=pose_keys,
         has_neutral=all("neutral_image" in f for f in features),
+        has_counterfactual=all("counterfactual_image" in f for f in features),
     )
     # Every class must have images in the training dataset; a cross-dataset test set may lack some.
     own = np.isin(part_of, [i for i, (b, _) in enumerate(splits) if b == 0])
@@ -740,7 +746,7 @@ def _check_every_class_has_records(expression: np.ndarray, run_classes: Sequence
 
 def label_source(builder, split: str):
     """A data source of `split` that leaves images encoded: reading labels then costs no decoding."""
-    decoders = {k: tfds.decode.SkipDecoding() for k in ("image", "neutral_image")
+    decoders = {k: tfds.decode.SkipDecoding() for k in ("image", "neutral_image", "counterfactual_image")
                 if k in builder.info.features}
     return builder.as_data_source(split=split, decoders=decoders)
 

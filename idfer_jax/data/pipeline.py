@@ -39,7 +39,7 @@ from idfer_jax.data.errors import DataError, ManualDataError  # noqa: F401
 # Flipping a face horizontally mirrors these angles.
 MIRRORED_POSE_KEYS = ("yaw", "roll")
 IMAGE_KEYS = ("image", "neutral_image", "partner_image")
-PARTNER_MODES = ("", "other_expression", "neutral")
+PARTNER_MODES = ("", "other_expression", "neutral", "counterfactual")
 
 
 class Subset(grain.sources.RandomAccessDataSource):
@@ -74,13 +74,24 @@ class Partners(grain.transforms.RandomMap):
       with itself (`partner_mask` 0) [choice]: a recipe decides what an unpaired example is worth.
     - `neutral`: a record of the subject labelled `neutral` (IPD-FER's real neutral target, e.g.
       JAFFE's NE images); `partner_mask` is 0 where the subject has none in the training records.
+    - `counterfactual`: the record's own stored counterfactual (the synthetic faces: the same subject,
+      pose, light and background with another expression, `counterfactual_expression`), so every
+      synthesis target is exact; `partner_mask` 1 (0, paired with itself, where the run leaves the
+      counterfactual's class out).
     Partners come from the training records only, so no test image is ever a target.
     """
 
     def __init__(self, source, labels: dict, train_indices: np.ndarray, mode: str,
-                 neutral_class: int | None):
+                 neutral_class: int | None, has_counterfactual: bool = False):
         if mode not in PARTNER_MODES[1:]:
             raise DataError(f"Unknown data.partner {mode!r}; use one of {PARTNER_MODES}.")
+        self._mode = mode
+        if mode == "counterfactual":
+            if not has_counterfactual:
+                raise DataError(
+                    "data.partner='counterfactual' needs a dataset that stores counterfactual faces "
+                    "(synthetic_faces); on real data use data.partner='other_expression'.")
+            return
         if mode == "neutral" and neutral_class is None:
             raise DataError(
                 "data.partner='neutral' needs a 'neutral' class among data.class_names; this run's "
@@ -103,6 +114,13 @@ class Partners(grain.transforms.RandomMap):
 
     def random_map(self, record, rng: np.random.Generator):
         index = int(record["_record"])
+        if self._mode == "counterfactual":
+            if record["counterfactual_expression"] < 0:  # a class this run leaves out: unpaired
+                return {**record, "_partner": {"image": record["image"], "expression": record["expression"],
+                                               "mask": 0.0, "record": index}}
+            return {**record, "_partner": {"image": record["counterfactual_image"],
+                                           "expression": record["counterfactual_expression"],
+                                           "mask": 1.0, "record": index}}
         candidates = self._candidates[index]
         if len(candidates):
             partner_index, mask = int(candidates[rng.integers(len(candidates))]), 1.0
@@ -149,9 +167,9 @@ class Decode(grain.transforms.Map):
 # Where each optional batch key comes from, for the error when a method reads one the run does not give.
 BATCH_KEY_SWITCHES = {
     "neutral_image": "--config.data.with_neutral=True (on a dataset that renders neutral faces)",
-    "partner_image": "--config.data.partner=other_expression or =neutral",
-    "partner_expression": "--config.data.partner=other_expression or =neutral",
-    "partner_mask": "--config.data.partner=other_expression or =neutral",
+    "partner_image": "--config.data.partner=other_expression, =neutral or =counterfactual",
+    "partner_expression": "--config.data.partner=other_expression, =neutral or =counterfactual",
+    "partner_mask": "--config.data.partner=other_expression, =neutral or =counterfactual",
     "yaw": "a dataset with yaw labels (synthetic_faces, or a manifest with a yaw column)",
     "pitch": "a dataset with pitch labels",
     "roll": "a dataset with roll labels",
@@ -312,7 +330,8 @@ def train_loader(
     if data_config.get("partner"):
         names = list(dataset.spec.class_names)
         pairing = [Partners(dataset.source, dataset.labels, dataset.train_indices, data_config.partner,
-                            names.index("neutral") if "neutral" in names else None)]
+                            names.index("neutral") if "neutral" in names else None,
+                            dataset.spec.has_counterfactual)]
     local_batch = global_batch_size // process_count
     subjects_per_batch = int(data_config.get("subjects_per_batch", 0) or 0)
     if subjects_per_batch:

@@ -36,6 +36,8 @@ from idfer_jax.data.synthetic_factors import (  # noqa: F401  (re-exported: the 
     YAW_RANGE,
     SyntheticFacesConfig,
     action_units,
+    counterfactual_factors,
+    sample_counterfactual_target,
     sample_example_factors,
     sample_subject_identity,
 )
@@ -70,9 +72,15 @@ def _make_examples(config: SyntheticFacesConfig, indices: range) -> list[tuple[i
         # A neutral example is its own neutral face: skip the second render.
         neutral_png = png if f['expression'] == 0 else _encode_png(
             render(f, config.resolution, neutral=True))
+        target, target_intensity = sample_counterfactual_target(config, index)
+        counterfactual_png = neutral_png if target == 0 else _encode_png(
+            render(counterfactual_factors(f, target, target_intensity), config.resolution))
         out.append((index, {
             'image': png,
             'neutral_image': neutral_png,
+            'counterfactual_image': counterfactual_png,
+            'counterfactual_expression': target,
+            'counterfactual_intensity': np.float32(target_intensity),
             'expression': f['expression'],
             'intensity': np.float32(f['intensity']),
             'subject': np.int64(f['subject']),
@@ -110,8 +118,9 @@ class SyntheticFaces(tfds.core.GeneratorBasedBuilder):
       happiness/disgust/anger are the confused pairs.
     """
 
-    VERSION = tfds.core.Version('1.0.0')
-    RELEASE_NOTES = {'1.0.0': 'Initial release.'}
+    VERSION = tfds.core.Version('1.1.0')
+    RELEASE_NOTES = {'1.0.0': 'Initial release.',
+                     '1.1.0': 'Each example also stores its exact counterfactual with another expression.'}
     BUILDER_CONFIGS = [
         SyntheticFacesConfig(name='64px', description='64x64 RGB, 64 subjects x 7 x 10.'),
         SyntheticFacesConfig(name='96px', resolution=96, description='96x96 RGB, 64 x 7 x 10.'),
@@ -144,6 +153,12 @@ class SyntheticFaces(tfds.core.GeneratorBasedBuilder):
                 'image': tfds.features.Image(shape=shape),
                 'neutral_image': tfds.features.Image(
                     shape=shape, doc='Same factors with every action unit at zero.'),
+                'counterfactual_image': tfds.features.Image(
+                    shape=shape, doc='Same factors with counterfactual_expression at '
+                    'counterfactual_intensity (sample_counterfactual_target).'),
+                'counterfactual_expression': tfds.features.ClassLabel(names=EXPRESSIONS),
+                'counterfactual_intensity': tfds.features.Scalar(
+                    np.float32, doc='Intensity of the counterfactual; 0 for neutral.'),
                 'expression': tfds.features.ClassLabel(names=EXPRESSIONS),
                 'intensity': tfds.features.Scalar(
                     np.float32, doc='Expression intensity in [0.5, 1]; 0 for neutral.'),

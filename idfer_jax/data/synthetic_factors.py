@@ -21,7 +21,9 @@ Factors
 
 Every example is a pure function of ``(config.seed, index)`` (:func:`sample_example_factors`), and
 :func:`render` is a pure function of the factors, so ``render(factors, r, neutral=True)`` gives the same
-person, pose, light and background with every action unit at zero: the ground-truth neutral face.
+person, pose, light and background with every action unit at zero: the ground-truth neutral face, and
+``render(counterfactual_factors(factors, k, a), r)`` the same face with expression ``k`` at intensity
+``a``: its exact counterfactual (:func:`sample_counterfactual_target` draws the one the dataset stores).
 """
 
 from __future__ import annotations
@@ -260,3 +262,33 @@ def action_units(factors: Mapping[str, Any], neutral: bool = False) -> dict[str,
     }
 
 
+
+
+def counterfactual_factors(factors: Mapping[str, Any], expression: int, intensity: float) -> dict[str, Any]:
+    """``factors`` with another expression: same subject, pose, light, background, noise and action-unit
+    jitter, so ``render`` of the result is the exact counterfactual face.
+
+    Args:
+      factors: an example's factors (:func:`sample_example_factors`).
+      expression: index into :data:`EXPRESSIONS`.
+      intensity: in [0, 1]; forced to 0 for ``neutral`` (as the sampler does).
+
+    Raises:
+      ValueError: for an expression index outside ``EXPRESSIONS``.
+    """
+    if not 0 <= int(expression) < len(EXPRESSIONS):
+        raise ValueError(f'expression must be in 0..{len(EXPRESSIONS) - 1}, got {expression}.')
+    return {**factors, 'expression': int(expression),
+            'intensity': 0.0 if int(expression) == 0 else float(intensity)}
+
+
+def sample_counterfactual_target(config: SyntheticFacesConfig, index: int) -> tuple[int, float]:
+    """The (expression, intensity) of the counterfactual that example ``index`` stores: an expression
+    other than its own, uniform over the other 6, at an intensity drawn like the dataset's (0 for
+    neutral). A pure function of ``(config.seed, index)`` [choice: one stored target per example]."""
+    own = sample_example_factors(config, index)['expression']
+    rng = _rng(config.seed, 0xCF, index)
+    others = [k for k in range(len(EXPRESSIONS)) if k != own]
+    expression = int(others[rng.integers(len(others))])
+    intensity = 0.0 if expression == 0 else float(rng.uniform(config.min_intensity, INTENSITY_RANGE[1]))
+    return expression, intensity

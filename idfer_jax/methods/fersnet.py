@@ -10,17 +10,27 @@ conference figure); METHODS.md section 3 has the details:
   injection); `models.PatchDiscriminator` conditioned on the expression, LSGAN.
 - Each source x (label y_s) is paired with a target x_t of the *same subject* with another expression
   y_t (`data.partner='other_expression'`; the pipeline gives both the same crop and flip).
-  Discriminator: `0.5 [(D(x_t, y_t) - 1)^2 + D(G(x, y_t), y_t)^2]`, `discriminator_steps` (3) updates on
-  one batch of fakes. Generator and classifier: `CE(logits(x), y_s) + L1(x_syn, x_t)
-  + 0.05 MSE(idnet(x_syn), idnet(x_t)) + 0.3 (D(x_syn, y_t) - 1)^2 + 0.5 MSE(G(x_syn, y_s), x)`; the
-  classifier learns from real images only.
+  On the synthetic faces `data.partner='counterfactual'` makes x_t the exact counterfactual (same
+  subject, pose, light and background); a real partner differs in pose and light too, and the L1 to it
+  then rewards a blur of the subject's images. Discriminator: `0.5 [(D(x_t, y_t) - 1)^2
+  + D(G(x, y_t), y_t)^2]`, `discriminator_steps` (3) updates on one batch of fakes. Generator and
+  classifier: `CE(logits(x), y_s) + L1(x_syn, x_t) + w_id d_id(x_syn, x_t) + 0.3 (D(x_syn, y_t) - 1)^2
+  + 0.5 MSE(G(x_syn, y_s), x)`; the classifier learns from real images only.
 - Adam lr 1e-4, betas (0.5, 0.999), L2 5e-4 added to the gradient (not AdamW), lr x0.1 at epochs 150
   and 400 of 500: `optimizer.schedule='milestones'`, `milestones=(0.3, 0.8)` of the run. The code picks
   the best epoch on the test fold; this library reports the last step.
 
-[choice] idnet is the library's frozen identity network (`model.identity`; the code uses LightCNN-9
-conv features on grey images): the MSE is between L2-normalised embeddings. [choice] Without noise at
-evaluation, so transfer grids are deterministic. [choice] Synthesis-to-balance as a second stage
+[choice] The identity term d_id: the code takes the MSE (weight 0.05) between LightCNN-9 convolutional
+feature maps of grey images, unnormalised, so the term is on the scale of the L1 term. The library's
+identity network (`model.identity`) gives L2-normalised embeddings, whose MSE is at most 4/512: times 0.05
+it was effectively off. d_id is therefore the cosine distance `1 - cos(idnet(x_syn), idnet(x_t))`,
+in [0, 2], at weight `loss_weights.identity` = 1 [choice], on the L1 term's scale (the gradient-norm
+test in tests/test_generators_learn.py checks it reaches the generator). [choice] The decoder's AdaIN-like
+transform is `model.adain`: 'code' (`gamma * IN(x) + beta`) or 'residual' (`(1 + gamma) IN(x) + beta`,
+the default): measured in docs/results/generative.md. [choice] `model.synthesis='residual'` (default)
+makes the decoder draw the change added to the input, `x + D(...)`, starting as a copy; 'image' is the
+code's (the decoder draws the whole face). [choice] Without noise at evaluation, so transfer
+grids are deterministic. [choice] Synthesis-to-balance as a second stage
 (`synthesise_to_balance`): G draws every training subject's missing and minority expressions, which
 join the real images to fine-tune the classifier (`model.balance_steps`).
 """
@@ -40,6 +50,7 @@ from idfer_jax.data.pipeline import DataSpec
 from idfer_jax.methods import common
 from idfer_jax.methods import generative as gen
 from idfer_jax.models import FERSNet, PatchDiscriminator
+from idfer_jax.models.fersnet import ADAIN_FORMS, SYNTHESIS_FORMS
 from idfer_jax.train.interface import FinishingStage, Method, Player
 from idfer_jax.train.optim import make_optimizer
 
@@ -57,11 +68,13 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
     c.blocks_per_stage = 1
     c.pooled_reset_gate = False  # the earlier ConvFLU: one reset gate per channel, from pooled maps
     c.noise = True  # noise injection in the decoder's AdaIN-like transform
+    c.adain = "residual"  # residual: (1 + gamma) IN(x) + beta [choice] | code: gamma IN(x) + beta [code]
+    c.synthesis = "residual"  # residual: x + D(...) [choice] | image: D(...) draws the face [code]
     c.discriminator_widths = (64, 128, 256, 512)
     c.discriminator_steps = 3
     c.identity = gen.identity_config()
     c.loss_weights = ml_collections.ConfigDict(dict(
-        expression=1.0, synthesis=1.0, identity=0.05, adversarial=0.3, cycle=0.5))
+        expression=1.0, synthesis=1.0, identity=1.0, adversarial=0.3, cycle=0.5))
     c.balance_steps = 0  # synthesis-to-balance fine-tuning steps after training; 0 = off
     c.balance_learning_rate_factor = 0.1  # fine-tuning rate = optimizer.learning_rate x this
     c.update(overrides)
@@ -92,18 +105,27 @@ def build_model(config, data_spec: DataSpec) -> FERSNet:
     return FERSNet(num_classes=data_spec.num_classes, image_shape=tuple(data_spec.image_shape),
                    widths=tuple(m.widths), stem_width=int(m.stem_width),
                    blocks_per_stage=int(m.blocks_per_stage), pooled_reset_gate=bool(m.pooled_reset_gate),
-                   noise=bool(m.noise), dtype=jnp.dtype(config.dtype))
+                   noise=bool(m.noise), adain_form=str(m.get("adain", "code")),
+                   synthesis=str(m.get("synthesis", "image")),
+                   dtype=jnp.dtype(config.dtype))
 
 
 def check_config(config) -> None:
     """FERSNet's loss weights, identity network and partner images (run when the config is loaded)."""
     gen.check_loss_weights(config, LOSS_WEIGHTS, "FERSNet")
     gen.check_identity(config)
-    if config.data.get("partner") != "other_expression":
+    if config.data.get("partner") not in ("other_expression", "counterfactual"):
         raise ConfigError(
             "FERSNet learns to synthesise a target face of the same subject with another expression: set "
-            "--config.data.partner=other_expression (the fersnet_* configs do)."
+            "--config.data.partner=other_expression (real data) or =counterfactual (synthetic faces; the "
+            "fersnet_* configs do)."
         )
+    if config.model.get("adain", "code") not in ADAIN_FORMS:
+        raise ConfigError(f"Unknown config.model.adain {config.model.adain!r}; use one of "
+                          f"{', '.join(ADAIN_FORMS)}.")
+    if config.model.get("synthesis", "image") not in SYNTHESIS_FORMS:
+        raise ConfigError(f"Unknown config.model.synthesis {config.model.synthesis!r}; use one of "
+                          f"{', '.join(SYNTHESIS_FORMS)}.")
 
 
 def build(config, data_spec: DataSpec) -> Method:
@@ -134,8 +156,9 @@ def build(config, data_spec: DataSpec) -> Method:
         terms = {
             "expression": losses.softmax_cross_entropy(outputs["logits"], y_s),
             "synthesis": losses.l1(synthesis, x_t),
-            "identity": losses.mse(gen.embed_identity(identity_net, model_state, synthesis),
-                                        gen.embed_identity(identity_net, model_state, x_t)),
+            "identity": jnp.mean(losses.cosine_distance(
+                gen.embed_identity(identity_net, model_state, synthesis),
+                gen.embed_identity(identity_net, model_state, x_t))),
             "adversarial": gen.generator_adversarial_loss(discriminator, params, synthesis, onehot(y_t)),
             "cycle": losses.mse(cycled["synthesis"], x),
         }

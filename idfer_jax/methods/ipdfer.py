@@ -18,12 +18,24 @@ What this recipe builds (METHODS.md section 5); every [choice] is a config switc
 - [choice] Losses and starting weights: expression CE (1); pose CE over mirror-symmetric yaw bins (1;
   `config.adversary.pose_bin_edges`), off where the data has no yaw (most real sets are frontal: the
   pose encoder then learns through reconstruction only, and the run says so); reconstruction L1 of
-  G(h) vs x (10); identity preservation `1 - cos(E_id(G(h_n)), f_id)` (1); neutrality of G(h_n) (0.1):
+  G(h) vs x (10); identity preservation `1 - cos(E_id(G(h_n)), f_id)` (1); neutrality of G(h_n) (10;
+  METHODS.md starts at 0.1, whose gradient at the decoder measured 0.008 of the reconstruction term's,
+  i.e. the neutral face was barely supervised: tests/test_generators_learn.py):
   L1 to the true neutral face where the batch has one (the synthetic builder's exact neutral render
   with `data.with_neutral`, or a real neutral image of the same subject with `data.partner='neutral'`)
   and otherwise the expression classifier must call G(h_n) `neutral` (where the classes have it); the
-  difference term: a classifier on `E_exp(x) - E_exp(G(h_n))` must predict y (1); LSGAN on the
-  generated faces, an unconditional PatchGAN (0.1).
+  difference term (1): a classifier on the difference of expression features must predict y; LSGAN on
+  the generated faces, an unconditional PatchGAN (0.1).
+- The neutral face, `model.neutral_form`: 'decoded' [paper] draws G(h_n) from the identity and pose
+  codes alone, so a subject the decoder never saw (every test subject) can only be drawn through the
+  frozen identity embedding; 'residual' [choice] has the decoder draw the expression residue R = 2 D(h)
+  of the face from all its codes and takes the neutral face as x - R (and G(h) = x exactly, so the
+  reconstruction term is 0): the neutral face keeps every pixel the expression does not touch, as in
+  de-expression residue learning (Yang et al., CVPR 2018).
+- The difference term, `model.difference`: the abstract separates expression "by comparing the
+  difference between synthesized neutral and expressional images", i.e. `E_exp(G(h)) - E_exp(G(h_n))`,
+  both generated ('generated', the paper's reading); 'real' compares the real input,
+  `E_exp(x) - E_exp(G(h_n))` [choice]. Both are measured in docs/results/generative.md.
 - [choice] Adam lr 1e-4, betas (0.5, 0.999), for both players (`config.optimizer`).
 - Its three codes (`Method.codes`), each probed by `idfer evaluate`: `features` (f_exp),
   `pose_features` (f_pose) and `identity_features` (the frozen f_id, the same embedding the
@@ -50,6 +62,8 @@ from idfer_jax.train.optim import make_optimizer
 # Its players are the GAN's (discriminator, generator), not `common.build_recipe`'s, so the generic
 # identity / pose adversaries of `config.adversary` are a ConfigError here (methods.check_config).
 GENERIC_ADVERSARIES = False
+DIFFERENCES = ("real", "generated")
+NEUTRAL_FORMS = ("decoded", "residual")
 LOSS_WEIGHTS = ("expression", "pose", "reconstruction", "identity", "neutral", "difference", "adversarial")
 
 
@@ -62,6 +76,8 @@ class IPDFER(nn.Module):
     decoder: ImageDecoder
     code_dim: int = 256
     combine: str = "sum"
+    difference: str = "real"  # real: E_exp(x) - E_exp(G(h_n)) | generated: E_exp(G(h)) - E_exp(G(h_n))
+    neutral_form: str = "decoded"  # decoded: G(h_n) from the codes | residual: x - 2 D(h) (module doc)
 
     @nn.compact
     def __call__(self, images, identity, *, train: bool, generate: bool = True, compare: bool = True):
@@ -83,19 +99,36 @@ class IPDFER(nn.Module):
             h_full = jnp.concatenate([p_id, p_pose, p_exp], -1)
         else:
             raise ValueError(f"Unknown model.combine {self.combine!r}; use 'sum' or 'concat'.")
-        # One decoder pass over both codes: the same weights draw the neutral and the full face.
-        drawn = self.decoder(jnp.concatenate([h_neutral, h_full]), train=train)
-        outputs["neutral"], outputs["reconstruction"] = jnp.split(drawn, 2)
+        if self.neutral_form == "residual":
+            # The decoder draws the expression residue of the face from all its codes; the neutral face
+            # is the input without it, and adding it back gives the input exactly.
+            residue = 2.0 * self.decoder(h_full, train=train)
+            outputs["neutral"] = images.astype(jnp.float32) - residue
+            outputs["reconstruction"] = outputs["neutral"] + residue
+        elif self.neutral_form == "decoded":
+            # One decoder pass over both codes: the same weights draw the neutral and the full face.
+            drawn = self.decoder(jnp.concatenate([h_neutral, h_full]), train=train)
+            outputs["neutral"], outputs["reconstruction"] = jnp.split(drawn, 2)
+        else:
+            raise ValueError(f"Unknown model.neutral_form {self.neutral_form!r}; use one of {NEUTRAL_FORMS}.")
         if compare:
-            outputs.update(self.compare_with_neutral(f_exp, outputs["neutral"], train=train))
+            outputs.update(self.compare_with_neutral(f_exp, outputs["neutral"], outputs["reconstruction"],
+                                                     train=train))
         return outputs
 
-    def compare_with_neutral(self, f_exp, neutral, *, train: bool):
+    def compare_with_neutral(self, f_exp, neutral, reconstruction, *, train: bool):
         """The expression encoder on the generated neutral face: what the classifier calls it, and the
-        difference classifier on `f_exp - E_exp(neutral)`. Training runs this as a separate apply whose
-        batch-statistics updates are dropped, so the running averages that evaluation uses come from
-        real faces only."""
-        f_exp_neutral = self.expression_encoder(neutral, train=train)
+        difference classifier on `f - E_exp(neutral)`, where f is `f_exp` (the real input's features,
+        `difference='real'`) or `E_exp(reconstruction)` (`difference='generated'`). Training runs this
+        as a separate apply whose batch-statistics updates are dropped, so the running averages that
+        evaluation uses come from real faces only."""
+        if self.difference not in DIFFERENCES:
+            raise ValueError(f"Unknown model.difference {self.difference!r}; use one of {DIFFERENCES}.")
+        if self.difference == "generated":
+            f_exp_neutral, f_exp = jnp.split(
+                self.expression_encoder(jnp.concatenate([neutral, reconstruction]), train=train), 2)
+        else:
+            f_exp_neutral = self.expression_encoder(neutral, train=train)
         return {"neutral_logits": self.expression_head(f_exp_neutral, train=train),
                 "difference_logits": self.difference_head(f_exp - f_exp_neutral, train=train)}
 
@@ -106,12 +139,14 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
     c.dropout = 0.0
     c.code_dim = 256
     c.combine = "sum"  # sum | concat
+    c.difference = "real"  # real: E_exp(x) - E_exp(G(h_n)) [choice] | generated: E_exp(G(h)) - E_exp(G(h_n))
+    c.neutral_form = "decoded"  # decoded: the decoder draws G(h_n) [paper] | residual: x - 2 D(h) [choice]
     c.decoder_widths = (128, 64, 32)  # one 2x upsampling stage each
     c.discriminator_widths = (32, 64, 128)
     c.discriminator_steps = 1
     c.identity = gen.identity_config()
     c.loss_weights = ml_collections.ConfigDict(dict(
-        expression=1.0, pose=1.0, reconstruction=10.0, identity=1.0, neutral=0.1, difference=1.0,
+        expression=1.0, pose=1.0, reconstruction=10.0, identity=1.0, neutral=10.0, difference=1.0,
         adversarial=0.1))
     c.update(overrides)
     return c
@@ -137,8 +172,9 @@ def build_model(config, data_spec: DataSpec) -> IPDFER:
         pose_head=ClassifierHead(num_classes=common.num_yaw_bins(edges), dtype=dtype) if has_yaw else None,
         difference_head=ClassifierHead(num_classes=data_spec.num_classes, dtype=dtype),
         decoder=ImageDecoder(image_shape=tuple(data_spec.image_shape), widths=tuple(m.decoder_widths),
-                             dtype=dtype),
-        code_dim=int(m.code_dim), combine=m.combine,
+                             zero_output=m.get("neutral_form", "decoded") == "residual", dtype=dtype),
+        code_dim=int(m.code_dim), combine=m.combine, difference=str(m.get("difference", "real")),
+        neutral_form=str(m.get("neutral_form", "decoded")),
     )
 
 
@@ -148,6 +184,12 @@ def check_config(config) -> None:
     gen.check_identity(config)
     if config.model.get("combine", "sum") not in ("sum", "concat"):
         raise ConfigError(f"Unknown config.model.combine {config.model.combine!r}; use 'sum' or 'concat'.")
+    if config.model.get("neutral_form", "decoded") not in NEUTRAL_FORMS:
+        raise ConfigError(f"Unknown config.model.neutral_form {config.model.neutral_form!r}; use one of "
+                          f"{', '.join(NEUTRAL_FORMS)}.")
+    if config.model.get("difference", "real") not in DIFFERENCES:
+        raise ConfigError(f"Unknown config.model.difference {config.model.difference!r}; use one of "
+                          f"{', '.join(DIFFERENCES)}.")
 
 
 def build(config, data_spec: DataSpec) -> Method:
@@ -181,7 +223,8 @@ def build(config, data_spec: DataSpec) -> Method:
         outputs, new_state = forward(params, model_state, images, train=True, rng=rng, identity=f_id,
                                      compare=False)
         compared, _ = gen.apply_model(model, params, model_state, outputs["features"], outputs["neutral"],
-                                      train=True, rng=rng, method=IPDFER.compare_with_neutral)
+                                      outputs["reconstruction"], train=True, rng=rng,
+                                      method=IPDFER.compare_with_neutral)
         outputs.update(compared)
         y = batch["expression"]
         terms = {

@@ -25,10 +25,14 @@ class ImageDecoder(nn.Module):
     A Dense layer makes a (H / 2^k, W / 2^k, widths[0]) map; each of the k = len(widths) stages doubles
     the size (nearest neighbour, which avoids the checkerboard of strided transposed convolutions) and
     applies a 3x3 conv, BatchNorm and ReLU; a last 3x3 conv and tanh give the image.
+
+    ``zero_output`` starts that last conv at zero, so the decoder starts by drawing 0 everywhere: for a
+    decoder whose output is a change added to an image (IPD-FER's ``neutral_form='residual'``).
     """
 
     image_shape: tuple[int, int, int]
     widths: Sequence[int] = (128, 64, 32)
+    zero_output: bool = False
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -53,5 +57,7 @@ class ImageDecoder(nn.Module):
             x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype,
                              name=f"up{i + 1}_norm")(x)
             x = nn.relu(x)
-        x = nn.Conv(c, (3, 3), dtype=self.dtype, name="to_image")(x)
+        x = nn.Conv(c, (3, 3), dtype=self.dtype, name="to_image",
+                    kernel_init=(nn.initializers.zeros_init() if self.zero_output
+                                 else nn.linear.default_kernel_init))(x)
         return jnp.tanh(x.astype(jnp.float32))

@@ -43,7 +43,7 @@ import jax.numpy as jnp
 from idfer_jax.models.convflu import ConvFLU
 from idfer_jax.models.resnet import BasicBlock, _conv_init, _normalize
 
-__all__ = ["ExpressionAdaIN", "FERSDecoder", "FERSNet"]
+__all__ = ["ADAIN_FORMS", "SYNTHESIS_FORMS", "ExpressionAdaIN", "FERSDecoder", "FERSNet"]
 
 
 def _max_pool(x: jnp.ndarray) -> jnp.ndarray:
@@ -58,22 +58,30 @@ def _instance_norm(x: jnp.ndarray, dtype: Any, name: str) -> jnp.ndarray:
     return nn.InstanceNorm(use_scale=False, use_bias=False, epsilon=1e-5, dtype=dtype, name=name)(x)
 
 
+ADAIN_FORMS = ("code", "residual")
+SYNTHESIS_FORMS = ("image", "residual")
+
+
 class ExpressionAdaIN(nn.Module):
     """Conditions a map on the target expression: ``gamma(t) * IN(x + s * noise) + beta(t)`` [code].
 
     ``(gamma, beta) = Dense(t)`` for the target one-hot t, a Xavier-normal kernel scaled by 0.1 and a zero
-    bias [code]; the form is ``gamma * x + beta``, not ``(1 + gamma) * x + beta`` [code], so gamma starts
-    near 0 and the conditioned map starts near ``beta``. ``noise`` is one standard-normal value per example
-    and position, shared by all channels, times a learned scalar ``s`` initialised at 0 [code]; it is
-    added before the (non-affine) instance norm [code].
+    bias [code]. With ``form='code'`` the transform is ``gamma * x + beta`` [code]: gamma starts near 0, so
+    the conditioned map starts near ``beta`` and carries almost nothing of the input: at CPU budgets the
+    synthesis then never depends on its input (docs/results/generative.md). ``form='residual'`` is
+    ``(1 + gamma) * x + beta`` [choice], which starts as the identity on ``IN(x)``. ``noise`` is one
+    standard-normal value per example and position, shared by all channels, times a learned scalar ``s``
+    initialised at 0 [code]; it is added before the (non-affine) instance norm [code].
 
     Attributes:
       noise: add the noise; the scale parameter exists whenever this is True, so train and eval share
         one parameter tree.
+      form: 'code' or 'residual' (above).
       dtype: computation dtype.
     """
 
     noise: bool = True
+    form: str = "code"
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -95,6 +103,10 @@ class ExpressionAdaIN(nn.Module):
             name="style",
         )(target.astype(self.dtype))
         gamma, beta = jnp.split(style[:, None, None, :], 2, axis=-1)
+        if self.form == "residual":
+            gamma = 1.0 + gamma
+        elif self.form != "code":
+            raise ValueError(f"Unknown ExpressionAdaIN form {self.form!r}; use one of {ADAIN_FORMS}.")
         return gamma * x + beta
 
 
@@ -112,11 +124,16 @@ class FERSDecoder(nn.Module):
     Attributes:
       out_shape: (H, W, C) of the output image.
       noise: add noise in the ExpressionAdaIN transforms (only when ``train=True``).
+      adain_form: the ExpressionAdaIN form, 'code' or 'residual'.
+      zero_output: start the last conv at zero (the decoder then starts by drawing nothing: FERSNet's
+        `synthesis='residual'` adds its output to the input image).
       dtype: computation dtype; the image is returned in float32.
     """
 
     out_shape: tuple[int, int, int]
     noise: bool = True
+    adain_form: str = "code"
+    zero_output: bool = False
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -139,7 +156,7 @@ class FERSDecoder(nn.Module):
             dtype=self.dtype,
             kernel_init=_conv_init,
         )
-        adain = functools.partial(ExpressionAdaIN, noise=self.noise, dtype=self.dtype)
+        adain = functools.partial(ExpressionAdaIN, noise=self.noise, form=self.adain_form, dtype=self.dtype)
 
         def conv_block(x: jnp.ndarray, width: int, name: str) -> jnp.ndarray:
             x = conv(width, (3, 3), name=f"{name}_conv")(x)
@@ -160,7 +177,8 @@ class FERSDecoder(nn.Module):
         x = nn.leaky_relu(_instance_norm(x, self.dtype, "out_norm"), 0.2)[:, :height, :width]
         x = conv_block(x, stem_width, "out_block1")
         x = conv_block(x, stem_width, "out_block2")
-        x = nn.Conv(channels, (3, 3), dtype=self.dtype, kernel_init=_conv_init, name="to_image")(x)
+        x = nn.Conv(channels, (3, 3), dtype=self.dtype, name="to_image",
+                    kernel_init=nn.initializers.zeros_init() if self.zero_output else _conv_init)(x)
         return x.astype(jnp.float32)
 
 
@@ -178,6 +196,12 @@ class FERSNet(nn.Module):
       pooled_reset_gate: ConvFLU reset gate from globally pooled maps (the code's earlier version).
       noise: noise in the decoder's ExpressionAdaIN transforms, drawn from the ``'noise'`` rng stream only
         when ``train=True`` [choice: none at evaluation].
+      adain_form: the decoder's ExpressionAdaIN form: 'code' (``gamma * x + beta``) [code] or 'residual'
+        (``(1 + gamma) * x + beta``) [choice].
+      synthesis: 'image': the decoder draws the face [code]; 'residual': it draws the change, added to the
+        input, ``x + D(...)``, starting at zero, i.e. as a copy of the input [choice]. The stem pools
+        before the first skip, so a decoder that draws the whole face redraws every pixel from maps at
+        half resolution, while a change of expression touches brows, eyes and mouth only.
       dtype: computation dtype; parameters, logits, features and synthesis are float32.
       bn_momentum: BatchNorm running-average momentum (stem, FER branch, joint block, classifier).
 
@@ -193,6 +217,8 @@ class FERSNet(nn.Module):
     blocks_per_stage: int = 1
     pooled_reset_gate: bool = False
     noise: bool = True
+    adain_form: str = "code"
+    synthesis: str = "image"
     dtype: Any = jnp.float32
     bn_momentum: float = 0.9
 
@@ -295,9 +321,14 @@ class FERSNet(nn.Module):
         logits = nn.Dense(self.num_classes, dtype=self.dtype, name="logits")(features.astype(self.dtype))
         out = {"logits": logits.astype(jnp.float32), "features": features}
         if decode and target is not None:
-            out["synthesis"] = FERSDecoder(
-                out_shape=tuple(self.image_shape), noise=self.noise, dtype=self.dtype, name="decoder"
+            if self.synthesis not in SYNTHESIS_FORMS:
+                raise ValueError(
+                    f"Unknown FERSNet synthesis {self.synthesis!r}; use one of {SYNTHESIS_FORMS}.")
+            drawn = FERSDecoder(
+                out_shape=tuple(self.image_shape), noise=self.noise, adain_form=self.adain_form,
+                zero_output=self.synthesis == "residual", dtype=self.dtype, name="decoder"
             )(fes_half, skips, target, train=train)
+            out["synthesis"] = images.astype(jnp.float32) + drawn if self.synthesis == "residual" else drawn
         return out
 
     def synthesise(self, images: jnp.ndarray, target: jnp.ndarray, *, train: bool) -> jnp.ndarray:

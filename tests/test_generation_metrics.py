@@ -49,3 +49,16 @@ def test_the_reader_learns_a_readable_expression_and_rejects_bad_input():
     assert np.mean(read(images[150:]) == labels[150:]) > 0.9
     with pytest.raises(ValueError, match="reader_steps"):
         G.train_reader(images, labels, 4, steps=0)
+
+
+def test_crossval_rows_carry_the_generators_measures():
+    from idfer_jax.train.crossval import _fold_row
+
+    results = {"fold": 0, "accuracy": 0.5, "mean_class_accuracy": 0.5, "chance": 0.25,
+               "confusion_matrix": [[1, 0], [0, 1]], "num_test_images": 2, "num_test_subjects": 1,
+               "transfer": {"read_as_target": 0.4, "face_l1_to_counterfactual": 0.01,
+                            "face_l1_copy_input": 0.02},
+               "neutralisation": {"neutral_distance_ratio": 0.7}}
+    row = _fold_row(results)
+    assert row["transfer read as target"] == 0.4 and row["copy-input face L1"] == 0.02
+    assert row["neutral distance ratio"] == 0.7 and "reader on true counterfactuals" not in row

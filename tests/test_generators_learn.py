@@ -80,7 +80,8 @@ def _real_batch(config, n: int = 8) -> dict:
 
 
 def _overfit(method, batch, steps: int, learning_rate: float):
-    """The generator player alone, Adam on its own loss, on one fixed batch."""
+    """The generator player alone, Adam on its own loss, on one fixed batch (build the method with the
+    adversarial weight at 0: no discriminator trains here, and a frozen random one only pushes noise)."""
     state = jax.jit(lambda rng: init_state(method, rng, batch))(jax.random.PRNGKey(0))
     generator = method.player("generator")
     own = {k: state.params[k] for k in generator.owns}
@@ -110,32 +111,33 @@ def _mean_pairwise_distance(images) -> float:
 
 @pytest.mark.slow
 def test_fersnet_overfits_one_batch_of_exact_counterfactuals(smoke_data_dir):
-    config = api.load_config(FERSNET_SMOKE)
+    config = api.load_config(FERSNET_SMOKE)  # residual synthesis and AdaIN: it starts as a copy
     config.data.data_dir = smoke_data_dir
+    config.model.loss_weights.adversarial = 0.0
     batch = _real_batch(config)
     method = methods.build(config, pipeline.open_dataset(config.data).spec)
     transfer = jax.jit(method.generators["transfer"])
     target = jax.nn.one_hot(batch["partner_expression"], 7)
-    before = _overfit(method, batch, 0, 1e-3)
-    l1_before = float(jnp.mean(jnp.abs(transfer(before, batch["image"], target) - batch["partner_image"])))
-    variables = _overfit(method, batch, 200, 2e-3)
+    variables = _overfit(method, batch, 300, 2e-3)
     drawn = transfer(variables, batch["image"], target)
     l1 = float(jnp.mean(jnp.abs(drawn - batch["partner_image"])))
     copy = float(jnp.mean(jnp.abs(batch["image"] - batch["partner_image"])))
     other = jax.nn.one_hot((batch["partner_expression"] + 3) % 7, 7)
     by_target = float(jnp.mean(jnp.abs(drawn - transfer(variables, batch["image"], other))))
     spread, spread_true = _mean_pairwise_distance(drawn), _mean_pairwise_distance(batch["partner_image"])
-    print({"l1_before": l1_before, "l1": l1, "copy": copy, "by_target": by_target, "spread": spread,
-           "spread_true": spread_true})
-    assert l1 < 0.1, l1
-    assert spread > 0.5 * spread_true, (spread, spread_true)  # different inputs, different faces
-    assert by_target > 0.01, by_target  # the target expression changes the face
+    print({"l1": l1, "copy": copy, "by_target": by_target, "spread": spread, "spread_true": spread_true})
+    # Measured (300 steps, code AdaIN): l1 0.008 against the copy's 0.016; by_target 0.028 (0.003 with the
+    # residual AdaIN); spread 0.390 of 0.391.
+    assert l1 < 0.75 * copy, (l1, copy)  # closer to the true counterfactuals than the input is
+    assert spread > 0.9 * spread_true, (spread, spread_true)  # different inputs, different faces
+    assert by_target > 0.005, by_target  # the target expression changes the face
 
 
 @pytest.mark.slow
 def test_ipdfer_overfits_one_batch_of_true_neutral_faces(smoke_data_dir):
     config = api.load_config(IPDFER_SMOKE)
     config.data.data_dir = smoke_data_dir
+    config.model.loss_weights.adversarial = 0.0
     batch = _real_batch(config)
     method = methods.build(config, pipeline.open_dataset(config.data).spec)
     neutralise = jax.jit(method.generators["neutralise"])

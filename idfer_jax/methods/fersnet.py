@@ -15,7 +15,10 @@ conference figure); METHODS.md section 3 has the details:
   then rewards a blur of the subject's images. Discriminator: `0.5 [(D(x_t, y_t) - 1)^2
   + D(G(x, y_t), y_t)^2]`, `discriminator_steps` (3) updates on one batch of fakes. Generator and
   classifier: `CE(logits(x), y_s) + L1(x_syn, x_t) + w_id d_id(x_syn, x_t) + 0.3 (D(x_syn, y_t) - 1)^2
-  + 0.5 MSE(G(x_syn, y_s), x)`; the classifier learns from real images only.
+  + 0.5 MSE(G(x_syn, y_s), x)`; the classifier learns from real images only. [choice] `target_expression`
+  (weight 0 = off, the code's) adds `CE(logits(x_syn), y_t)` with the classifier frozen for the term, as
+  StarGAN's domain-classification loss does: L1 alone rewards copying the input wherever the generator is
+  unsure of the change (the median of a change of uncertain sign is 0).
 - Adam lr 1e-4, betas (0.5, 0.999), L2 5e-4 added to the gradient (not AdamW), lr x0.1 at epochs 150
   and 400 of 500: `optimizer.schedule='milestones'`, `milestones=(0.3, 0.8)` of the run. The code picks
   the best epoch on the test fold; this library reports the last step.
@@ -26,8 +29,11 @@ identity network (`model.identity`) gives L2-normalised embeddings, whose MSE is
 it was effectively off. d_id is therefore the cosine distance `1 - cos(idnet(x_syn), idnet(x_t))`,
 in [0, 2], at weight `loss_weights.identity` = 1 [choice], on the L1 term's scale (the gradient-norm
 test in tests/test_generators_learn.py checks it reaches the generator). [choice] The decoder's AdaIN-like
-transform is `model.adain`: 'code' (`gamma * IN(x) + beta`) or 'residual' (`(1 + gamma) IN(x) + beta`,
-the default): measured in docs/results/generative.md. [choice] `model.synthesis='residual'` (default)
+transform is `model.adain`: 'code' (`gamma * IN(x) + beta`, the default) or 'residual'
+(`(1 + gamma) IN(x) + beta`). With the code's form a decoder that draws the whole face starts from skips
+that carry almost nothing of the input; once the decoder draws only the change (below) the input passes
+around it, and the code's form is the one whose output depends on the target (8x more on one batch than
+the residual form's: docs/results/generative.md). [choice] `model.synthesis='residual'` (default)
 makes the decoder draw the change added to the input, `x + D(...)`, starting as a copy; 'image' is the
 code's (the decoder draws the whole face). [choice] Without noise at evaluation, so transfer
 grids are deterministic. [choice] Synthesis-to-balance as a second stage
@@ -57,7 +63,7 @@ from idfer_jax.train.optim import make_optimizer
 # Its players are the GAN's (discriminator, generator), not `common.build_recipe`'s, so the generic
 # identity / pose adversaries of `config.adversary` are a ConfigError here (methods.check_config).
 GENERIC_ADVERSARIES = False
-LOSS_WEIGHTS = ("expression", "synthesis", "identity", "adversarial", "cycle")
+LOSS_WEIGHTS = ("expression", "synthesis", "identity", "adversarial", "cycle", "target_expression")
 
 
 def model_config(**overrides) -> ml_collections.ConfigDict:
@@ -68,13 +74,13 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
     c.blocks_per_stage = 1
     c.pooled_reset_gate = False  # the earlier ConvFLU: one reset gate per channel, from pooled maps
     c.noise = True  # noise injection in the decoder's AdaIN-like transform
-    c.adain = "residual"  # residual: (1 + gamma) IN(x) + beta [choice] | code: gamma IN(x) + beta [code]
+    c.adain = "code"  # code: gamma IN(x) + beta [code] | residual: (1 + gamma) IN(x) + beta [choice]
     c.synthesis = "residual"  # residual: x + D(...) [choice] | image: D(...) draws the face [code]
     c.discriminator_widths = (64, 128, 256, 512)
     c.discriminator_steps = 3
     c.identity = gen.identity_config()
     c.loss_weights = ml_collections.ConfigDict(dict(
-        expression=1.0, synthesis=1.0, identity=1.0, adversarial=0.3, cycle=0.5))
+        expression=1.0, synthesis=1.0, identity=1.0, adversarial=0.3, cycle=0.5, target_expression=0.0))
     c.balance_steps = 0  # synthesis-to-balance fine-tuning steps after training; 0 = off
     c.balance_learning_rate_factor = 0.1  # fine-tuning rate = optimizer.learning_rate x this
     c.update(overrides)
@@ -144,7 +150,7 @@ def build(config, data_spec: DataSpec) -> Method:
         del step
         x, x_t = batch["image"], batch["partner_image"]
         y_s, y_t = batch["expression"], batch["partner_expression"]
-        forward_rng, cycle_rng = jax.random.split(rng)
+        forward_rng, cycle_rng, read_rng = jax.random.split(rng, 3)
         outputs, state = gen.apply_model(model, params, model_state, x, onehot(y_t), train=True,
                                          rng=forward_rng)
         synthesis = outputs["synthesis"]
@@ -162,6 +168,13 @@ def build(config, data_spec: DataSpec) -> Method:
             "adversarial": gen.generator_adversarial_loss(discriminator, params, synthesis, onehot(y_t)),
             "cycle": losses.mse(cycled["synthesis"], x),
         }
+        if w["target_expression"] > 0:
+            # [choice] The classifier, frozen for this term, must read the target in the synthesis: its
+            # gradient reaches the image (and so the generator), never the classifier, which keeps
+            # learning from real faces only.
+            read, _ = gen.apply_model(model, jax.lax.stop_gradient(params), state, synthesis, train=True,
+                                      rng=read_rng, decode=False)
+            terms["target_expression"] = losses.softmax_cross_entropy(read["logits"], y_t)
         # Terms weighted 0 stay out of the loss (and its backward pass); every term is logged.
         loss, metrics = losses.WeightedSum({k: w[k] for k in terms if w[k] > 0})(
             {}, {k: v for k, v in terms.items() if w[k] > 0})

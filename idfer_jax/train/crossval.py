@@ -138,6 +138,17 @@ def _crossval(config, workdir: str, build_method: BuildMethod, *, devices=None, 
 # Per-fold columns of every code other than `features` (`results['codes']`): column suffix <- key.
 CODE_COLUMNS = (("identity probe (MLP)", "identity_mlp"), ("expression probe (MLP)", "expression_mlp"),
                 ("verification AUC", "verification_auc"), ("yaw R^2", "yaw_r2"))
+# Columns of the generators' measures (`results['transfer']`, `results['neutralisation']`) <- key.
+GENERATION_COLUMNS = {
+    "transfer": (("transfer read as target", "read_as_target"),
+                 ("reader on true counterfactuals", "reader_on_true_counterfactuals"),
+                 ("transfer face L1", "face_l1_to_counterfactual"),
+                 ("copy-input face L1", "face_l1_copy_input"),
+                 ("transfer identity cosine", "identity_cosine_generated_vs_source")),
+    "neutralisation": (("neutral distance ratio", "neutral_distance_ratio"),
+                       ("neutral identity cosine", "identity_cosine_generated_vs_source"),
+                       ("identity cosine same subject", "identity_cosine_same_subject")),
+}
 # Columns of the validation subjects (`results['validation']`) <- key.
 VALIDATION_COLUMNS = (("validation accuracy", "accuracy"),
                       ("validation identity probe (MLP)", "identity_mlp"),
@@ -152,8 +163,9 @@ def _fold_row(r: dict) -> dict:
     """One fold's table row. Besides accuracy and the features' identity probes and pose R^2:
     `identity verification AUC` (features; 0.5 = no identity), for every other declared code
     `<code>: identity probe (MLP)`, `<code>: expression probe (MLP)`, `<code>: verification AUC` and
-    `<code>: yaw R^2`, and where the run held out validation subjects `validation accuracy`,
-    `validation identity probe (MLP)` and `validation yaw R^2` (each where measured)."""
+    `<code>: yaw R^2`, the generators' measures of `GENERATION_COLUMNS`, and where the run held out
+    validation subjects `validation accuracy`, `validation identity probe (MLP)` and `validation yaw R^2`
+    (each where measured)."""
     row = {
         "fold": r["fold"],
         "accuracy": r["accuracy"],
@@ -180,6 +192,10 @@ def _fold_row(r: dict) -> dict:
         for column, key in CODE_COLUMNS:
             if _number(values.get(key)) is not None:
                 row[f"{code}: {column}"] = _number(values[key])
+    for block, columns in GENERATION_COLUMNS.items():
+        for column, key in columns:
+            if _number((r.get(block) or {}).get(key)) is not None:
+                row[column] = _number(r[block][key])
     validation = r.get("validation") or {}
     for column, key in VALIDATION_COLUMNS:
         if _number(validation.get(key)) is not None:

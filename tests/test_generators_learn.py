@@ -146,8 +146,10 @@ def test_ipdfer_overfits_one_batch_of_true_neutral_faces(smoke_data_dir):
     l1 = float(jnp.mean(jnp.abs(drawn - batch["neutral_image"])))
     spread, spread_true = _mean_pairwise_distance(drawn), _mean_pairwise_distance(batch["neutral_image"])
     print({"l1": l1, "spread": spread, "spread_true": spread_true})
-    assert l1 < 0.1, l1
-    assert spread > 0.5 * spread_true, (spread, spread_true)
+    # Measured (the paper's decoded neutral face, 200 steps): l1 0.063 (a blurred face: the input is
+    # 0.01 from its neutral render), spread 0.370 of 0.391.
+    assert l1 < 0.09, l1
+    assert spread > 0.8 * spread_true, (spread, spread_true)
 
 
 @pytest.mark.parametrize("spec_path,overrides", [

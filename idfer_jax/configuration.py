@@ -196,22 +196,22 @@ def validate(config, *, recipes: bool = True) -> None:
         raise ConfigError(f"The config has no {', '.join(repr(k) for k in missing)}; build it with "
                           "idfer_jax.config_defaults.run (see configs/baseline_synthetic.py).")
     if recipes and not (isinstance(config.method, str) and "." in config.method):
-        _choice(config, "method", methods.METHODS, "recipe")  # a module path is checked on import
-    _choice(config, "dtype", DTYPES)
+        check_choice(config, "method", methods.METHODS, "recipe")  # a module path is checked on import
+    check_choice(config, "dtype", DTYPES)
     if "backbone" in config.model:
-        _choice(config, "model.backbone", backbones.BACKBONES)
+        check_choice(config, "model.backbone", backbones.BACKBONES)
         _check_fine_tuning(config, backbones)
     if config.model.get("norm"):
-        _choice(config, "model.norm", resnet.NORMS)
+        check_choice(config, "model.norm", resnet.NORMS)
     if config.model.get("stem"):  # '' = the backbone preset's own stem
-        _choice(config, "model.stem", resnet.STEMS)
-    _choice(config, "data.partner", pipeline.PARTNER_MODES)
-    _choice(config, "data.test.align", datasets.CROSS_DATASET_ALIGN)
+        check_choice(config, "model.stem", resnet.STEMS)
+    check_choice(config, "data.partner", pipeline.PARTNER_MODES)
+    check_choice(config, "data.test.align", datasets.CROSS_DATASET_ALIGN)
     test = config.data.get("test")
     if not (test is not None and test.get("name")):  # a cross-dataset run has its own split
-        _choice(config, "data.protocol", datasets.PROTOCOLS)
-    _choice(config, "optimizer.name", optim.OPTIMIZERS)
-    _choice(config, "optimizer.schedule", optim.SCHEDULES)
+        check_choice(config, "data.protocol", datasets.PROTOCOLS)
+    check_choice(config, "optimizer.name", optim.OPTIMIZERS)
+    check_choice(config, "optimizer.schedule", optim.SCHEDULES)
     for key in ("train.batch_size", "train.num_steps", "eval.batch_size", "train.log_every",
                 "train.checkpoint_every", "train.keep_checkpoints"):
         _number(config, key, minimum=1, integer=True)
@@ -244,7 +244,7 @@ def validate(config, *, recipes: bool = True) -> None:
     if "milestones" in config.optimizer:
         optim.check_milestones(config.optimizer.milestones)
     if config.get("adversary") is not None:
-        _choice(config, "adversary.formulation", adversaries.FORMULATIONS)
+        check_choice(config, "adversary.formulation", adversaries.FORMULATIONS)
         for key in ("adversary.identity", "adversary.pose", "adversary.learning_rate"):
             _number(config, key, minimum=0.0)
         _number(config, "adversary.steps", minimum=1, integer=True)
@@ -258,7 +258,7 @@ def validate(config, *, recipes: bool = True) -> None:
                 "config.adversary.ridge_kernel='rbf' applies to the in-batch fit; with config.adversary."
                 f"replay={replay} the ridge adversary is fitted linearly on the buffer. Set "
                 "--config.adversary.ridge_kernel=linear, or --config.adversary.replay=0 for the rbf fit.")
-        _choice(config, "adversary.ridge_kernel", adversaries.RIDGE_KERNELS)
+        check_choice(config, "adversary.ridge_kernel", adversaries.RIDGE_KERNELS)
         alphas = _lookup(config, "adversary.ridge_alphas")
         if alphas is not _ABSENT and (not isinstance(alphas, (tuple, list)) or not alphas or any(
                 isinstance(a, bool) or not isinstance(a, (int, float)) or not a > 0 for a in alphas)):
@@ -368,7 +368,8 @@ def _lookup(config, dotted: str):
 _ABSENT = object()
 
 
-def _choice(config, dotted: str, valid, what: str = "") -> None:
+def check_choice(config, dotted: str, valid, what: str = "") -> None:
+    """ConfigError (with the closest valid name) unless `config.<dotted>`, where set, is one of `valid`."""
     value = _lookup(config, dotted)
     if value is _ABSENT:
         return

@@ -162,6 +162,13 @@ def test_fersnet_needs_partners_and_unknown_loss_weights_are_errors():
     config.model.identity.kind = "arcface"
     with pytest.raises(ValueError, match="identity.kind"):
         methods.build(config, fake_spec())
+    for spec_path, key, typo, fix in [(FERSNET_SMOKE, "adain", "residul", "residual"),
+                                      (FERSNET_SMOKE, "synthesis", "imge", "image"),
+                                      (IPDFER_SMOKE, "neutral_form", "decode", "decoded"),
+                                      (IPDFER_SMOKE, "difference", "generate", "generated")]:
+        config = tiny(spec_path, **{key: typo})
+        with pytest.raises(ValueError, match=f"model.{key}.*Did you mean '{fix}'"):
+            methods.build(config, fake_spec())
 
 
 @pytest.mark.slow

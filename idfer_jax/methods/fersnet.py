@@ -50,7 +50,7 @@ import numpy as np
 import optax
 
 from idfer_jax import config_defaults, losses
-from idfer_jax.configuration import ConfigError
+from idfer_jax.configuration import ConfigError, check_choice
 from idfer_jax.console import announce
 from idfer_jax.data.pipeline import DataSpec
 from idfer_jax.methods import common
@@ -126,12 +126,8 @@ def check_config(config) -> None:
             "--config.data.partner=other_expression (real data) or =counterfactual (synthetic faces; the "
             "fersnet_* configs do)."
         )
-    if config.model.get("adain", "code") not in ADAIN_FORMS:
-        raise ConfigError(f"Unknown config.model.adain {config.model.adain!r}; use one of "
-                          f"{', '.join(ADAIN_FORMS)}.")
-    if config.model.get("synthesis", "image") not in SYNTHESIS_FORMS:
-        raise ConfigError(f"Unknown config.model.synthesis {config.model.synthesis!r}; use one of "
-                          f"{', '.join(SYNTHESIS_FORMS)}.")
+    check_choice(config, "model.adain", ADAIN_FORMS)
+    check_choice(config, "model.synthesis", SYNTHESIS_FORMS)
 
 
 def build(config, data_spec: DataSpec) -> Method:

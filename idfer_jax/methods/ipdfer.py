@@ -50,7 +50,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from idfer_jax import config_defaults, losses
-from idfer_jax.configuration import ConfigError
+from idfer_jax.configuration import ConfigError, check_choice
 from idfer_jax.console import announce
 from idfer_jax.data.pipeline import DataSpec
 from idfer_jax.methods import common
@@ -184,12 +184,8 @@ def check_config(config) -> None:
     gen.check_identity(config)
     if config.model.get("combine", "sum") not in ("sum", "concat"):
         raise ConfigError(f"Unknown config.model.combine {config.model.combine!r}; use 'sum' or 'concat'.")
-    if config.model.get("neutral_form", "decoded") not in NEUTRAL_FORMS:
-        raise ConfigError(f"Unknown config.model.neutral_form {config.model.neutral_form!r}; use one of "
-                          f"{', '.join(NEUTRAL_FORMS)}.")
-    if config.model.get("difference", "real") not in DIFFERENCES:
-        raise ConfigError(f"Unknown config.model.difference {config.model.difference!r}; use one of "
-                          f"{', '.join(DIFFERENCES)}.")
+    check_choice(config, "model.neutral_form", NEUTRAL_FORMS)
+    check_choice(config, "model.difference", DIFFERENCES)
 
 
 def build(config, data_spec: DataSpec) -> Method:

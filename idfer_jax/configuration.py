@@ -213,7 +213,7 @@ def validate(config, *, recipes: bool = True) -> None:
     check_choice(config, "optimizer.name", optim.OPTIMIZERS)
     check_choice(config, "optimizer.schedule", optim.SCHEDULES)
     for key in ("train.batch_size", "train.num_steps", "eval.batch_size", "train.log_every",
-                "train.checkpoint_every", "train.keep_checkpoints"):
+                "train.checkpoint_every", "train.keep_checkpoints", "eval.reader_steps"):
         _number(config, key, minimum=1, integer=True)
     _number(config, "optimizer.learning_rate", minimum=0.0, strict=True)
     for key in ("optimizer.weight_decay", "optimizer.grad_clip", "optimizer.momentum"):

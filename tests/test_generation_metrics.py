@@ -62,3 +62,30 @@ def test_crossval_rows_carry_the_generators_measures():
     row = _fold_row(results)
     assert row["transfer read as target"] == 0.4 and row["copy-input face L1"] == 0.02
     assert row["neutral distance ratio"] == 0.7 and "reader on true counterfactuals" not in row
+
+
+def test_a_counterfactual_outside_the_runs_classes_or_merged_onto_its_own_is_unpaired():
+    from idfer_jax.data import pipeline
+
+    partners = pipeline.Partners(None, {}, np.zeros(0, int), "counterfactual", neutral_class=0,
+                                 has_counterfactual=True)
+    image, other = np.zeros((4, 4, 3), np.uint8), np.ones((4, 4, 3), np.uint8)
+    rng = np.random.default_rng(0)
+    for stored, paired in ((3, 1.0), (-1, 0.0), (2, 0.0)):  # another class, left out, merged (own = 2)
+        record = {"image": image, "expression": 2, "counterfactual_image": other,
+                  "counterfactual_expression": stored, "_record": 0}
+        partner = partners.random_map(record, rng)["_partner"]
+        assert partner["mask"] == paired
+        assert partner["expression"] == (stored if paired else 2)
+        assert (partner["image"] is other) == bool(paired)
+
+
+def test_reader_steps_below_one_is_refused_when_the_config_is_loaded():
+    from idfer_jax import api
+    from idfer_jax.configuration import ConfigError, validate
+    from tests import helpers
+
+    config = api.load_config(helpers.smoke("fersnet"))
+    config.eval.reader_steps = 0
+    with pytest.raises(ConfigError, match="eval.reader_steps"):
+        validate(config)

@@ -77,7 +77,7 @@ class Partners(grain.transforms.RandomMap):
     - `counterfactual`: the record's own stored counterfactual (the synthetic faces: the same subject,
       pose, light and background with another expression, `counterfactual_expression`), so every
       synthesis target is exact; `partner_mask` 1 (0, paired with itself, where the run leaves the
-      counterfactual's class out).
+      counterfactual's class out or maps it onto the face's own).
     Partners come from the training records only, so no test image is ever a target.
     """
 
@@ -115,7 +115,8 @@ class Partners(grain.transforms.RandomMap):
     def random_map(self, record, rng: np.random.Generator):
         index = int(record["_record"])
         if self._mode == "counterfactual":
-            if record["counterfactual_expression"] < 0:  # a class this run leaves out: unpaired
+            # Unpaired: a class this run leaves out, or one a class_map merged with the face's own.
+            if record["counterfactual_expression"] in (-1, record["expression"]):
                 return {**record, "_partner": {"image": record["image"], "expression": record["expression"],
                                                "mask": 0.0, "record": index}}
             return {**record, "_partner": {"image": record["counterfactual_image"],

@@ -142,9 +142,11 @@ CODE_COLUMNS = (("identity probe (MLP)", "identity_mlp"), ("expression probe (ML
 GENERATION_COLUMNS = {
     "transfer": (("transfer read as target", "read_as_target"),
                  ("reader on true counterfactuals", "reader_on_true_counterfactuals"),
+                 ("reader on real test", "reader_on_real_test"),
                  ("transfer face L1", "face_l1_to_counterfactual"),
                  ("copy-input face L1", "face_l1_copy_input"),
-                 ("transfer identity cosine", "identity_cosine_generated_vs_source")),
+                 ("transfer identity cosine", "identity_cosine_generated_vs_source"),
+                 ("identity cosine same subject", "identity_cosine_same_subject")),
     "neutralisation": (("neutral distance ratio", "neutral_distance_ratio"),
                        ("neutral identity cosine", "identity_cosine_generated_vs_source"),
                        ("identity cosine same subject", "identity_cosine_same_subject")),

@@ -785,7 +785,8 @@ def write_outputs(workdir: str, results: dict) -> None:
                          "beside its accuracy on the true counterfactuals and the real test faces; "
                          "`face_l1_*`: face-region L1 to the true counterfactual, of the transfer and of "
                          "the unchanged input (lower is better; the transfer must beat the copy); "
-                         "`identity_cosine_*`: as for neutralisation."))
+                         "`identity_cosine_*`: the frozen identity network's cosine between each transfer "
+                         "and its source, beside two real images of the same and of different subjects."))
     if results.get("neutralisation_figure"):
         sections.append(("Generated neutral faces", "![neutralisation](neutralisation.png)"))
     if results.get("transfer_figure"):

@@ -178,7 +178,7 @@ def test_each_generative_recipe_learns_in_a_short_run(spec_path, smoke_data_dir,
     config.data.data_dir = smoke_data_dir
     config.train.update(num_steps=200, log_every=50, checkpoint_every=200)
     config.eval.reader_steps = 50
-    # Narrower networks than `:smoke` (a quarter of the time; measured: synthesis L1 0.80 -> 0.33, held-out
+    # Narrower networks than `:smoke` (a quarter of the time; measured: held-out
     # accuracy 0.24 at 200 steps), batches of 16 for FERSNet, whose decoder runs 3 times a step.
     config.model.discriminator_widths = (16, 32)
     if config.method == "fersnet":
@@ -189,8 +189,13 @@ def test_each_generative_recipe_learns_in_a_short_run(spec_path, smoke_data_dir,
     trained = api.train(config, str(tmp_path))
     first, last = trained.first_metrics, trained.last_metrics
     print(config.method, {k: (first[k], last[k]) for k in first if k in last})
-    image_loss = "generator/loss/synthesis" if config.method == "fersnet" else "generator/loss/reconstruction"
-    assert last[image_loss] < 0.8 * first[image_loss], (first, last)
+    if config.method == "fersnet":
+        # The decoder draws the change to the input, so the synthesis starts at the copy's L1 (about
+        # 0.015 here); a generator that lost its input (the former mean-face blob) sits near 0.3.
+        assert last["generator/loss/synthesis"] < 0.05, (first, last)
+    else:
+        reconstruction = "generator/loss/reconstruction"
+        assert last[reconstruction] < 0.8 * first[reconstruction], (first, last)
     assert last["generator/accuracy"] > 1.3 / 7, last  # training batches, 7 classes
     results = api.evaluate(config, str(tmp_path))
     assert results["accuracy"] > 1.3 / len(results["class_names"]), results["accuracy"]

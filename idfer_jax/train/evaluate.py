@@ -583,10 +583,9 @@ def _reader(trainer: Trainer):
     `eval.reader_steps` steps on the fold's real training images: `read(images) -> classes`."""
     dataset, config = trainer.dataset, trainer.config
     train = pipeline.load_examples(dataset, dataset.train_indices)
-    read = E_generation.train_reader(train["image"], train["expression"], dataset.spec.num_classes,
+    return E_generation.train_reader(train["image"], train["expression"], dataset.spec.num_classes,
                                      steps=int(config.eval.get("reader_steps", 1500)),
                                      seed=int(config.eval.get("probe_seed", 0)))
-    return read
 
 
 def _identity_numbers(trainer: Trainer, variables: dict, sources: np.ndarray, generated: np.ndarray,

@@ -90,3 +90,28 @@ def crossval(config, workdir, *, devices=None, restart: bool = False) -> dict:
     `restart`: as in `train`, for each fold whose checkpoints are all unreadable."""
     config, workdir = as_config(config), as_workdir(workdir)
     return crossval_lib.crossval(config, workdir, methods.build, devices=devices, restart=restart)
+
+
+def load(workdir, step: int | None = None, *, devices=None):
+    """The trained model in `workdir` (one run, or one crossval fold's `fold_<i>`), as an
+    `idfer_jax.inference.predictor.Predictor`: `predict(images) -> (N, C)` probabilities, `features`,
+    `preprocess`, `faces`, `class_names`. Reads only the workdir: no dataset, no TFDS, no Trainer.
+
+    `step`: a checkpoint's step (default the newest). Raises ModelLoadError (an `idfer_jax.errors.UserError`)
+    naming what to do for a workdir without a usable checkpoint."""
+    from idfer_jax.inference import predictor
+
+    return predictor.load(as_workdir(workdir), step, devices=devices)
+
+
+def predict(workdir, inputs, *, output: str = "-", format: str = "csv", annotate: str = "",
+            batch_size: int = 64, fps: float = 1.0, detect: bool = True, step: int | None = None):
+    """`idfer predict` as a function: one row per face of `inputs` (image files, folders, videos) written
+    to `output` ('-' = stdout); returns the summary (`inference.predict_files.Summary`)."""
+    from idfer_jax.inference import predict_files
+
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    return predict_files.predict_files(load(workdir, step), [os.fspath(i) for i in inputs], output=output,
+                                       fmt=format, annotate=annotate, batch_size=batch_size, fps=fps,
+                                       detect=detect, progress=False)

@@ -8,6 +8,10 @@
     idfer sweep    --config=FILE --workdir=DIR --sweep=adversary.identity=0,1,3 [--select=identity|pose]
                    (a crossval per value; the value to report is chosen on held-out training subjects)
     idfer compare  DIR [NAME=DIR ...]   (finished crossval workdirs: one table, mean +- std over folds)
+    idfer predict  --workdir=DIR INPUT... [--output=FILE|-] [--format=csv|jsonl] [--annotate=DIR]
+                   [--batch_size=64] [--fps=1] [--no-detect] [--step=N]
+                   (images, folders, videos: one row per face; the model's config comes from its checkpoint)
+    idfer export   --workdir=DIR --format=saved_model|tflite [--output=DIR] [--step=N] [IMAGE...]
 
 Multi-host (a TPU pod slice, a GPU cluster): run the same command on every host with `--multihost`; on TPU
 pods, Slurm and Open MPI nothing else is needed, elsewhere add `--coordinator_address=HOST:PORT
@@ -38,13 +42,19 @@ from ml_collections.config_flags import config_flags
 from idfer_jax import configuration
 from idfer_jax.errors import UserError
 
-COMMANDS = ("train", "evaluate", "crossval", "sweep", "bench", "compare")
+COMMANDS = ("train", "evaluate", "crossval", "sweep", "bench", "compare", "predict", "export")
+# Commands that read the model's config from its checkpoint (no --config) and take positional inputs.
+MODEL_COMMANDS = ("predict", "export")
 # Flags that only some commands read; given to another, they would be silently ignored.
 COMMAND_FLAGS = {"recipes": ("bench",), "devices": ("bench",), "dtypes": ("bench",), "inputs": ("bench",),
                  "steps": ("bench",), "torch": ("bench",), "restart": ("train", "crossval", "sweep"),
-                 "sweep": ("sweep",), "select": ("sweep",), "tolerance": ("sweep",)}
-USAGE = (f"idfer {{{'|'.join(c for c in COMMANDS if c != 'compare')}}} --config=FILE --workdir=DIR "
-         "[--config.KEY=VALUE ...], or idfer compare DIR [NAME=DIR ...]")
+                 "sweep": ("sweep",), "select": ("sweep",), "tolerance": ("sweep",),
+                 "step": MODEL_COMMANDS, "output": MODEL_COMMANDS, "format": MODEL_COMMANDS,
+                 "annotate": ("predict",), "batch_size": ("predict",), "fps": ("predict",),
+                 "detect": ("predict",)}
+USAGE = (f"idfer {{{'|'.join(c for c in COMMANDS if c not in ('compare', *MODEL_COMMANDS))}}} --config=FILE "
+         "--workdir=DIR [--config.KEY=VALUE ...], idfer predict --workdir=DIR INPUT..., idfer export "
+         "--workdir=DIR --format=saved_model|tflite, or idfer compare DIR [NAME=DIR ...]")
 
 
 INTERRUPTED = ("Interrupted (Ctrl-C) outside the training loop; nothing of yours was lost. Run the same "
@@ -104,6 +114,19 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host: this process
 _RESTART = flags.DEFINE_bool(
     "restart", False, "train / crossval: when every checkpoint in --workdir is unreadable, start over from "
     "step 0 (they are moved to DIR/corrupt_checkpoints/, never deleted) instead of refusing.")
+_STEP = flags.DEFINE_integer("step", None, "predict / export: the checkpoint's step (default the newest).")
+_OUTPUT = flags.DEFINE_string(
+    "output", None, "predict: the rows' file ('-' = stdout, the default); export: the folder (default "
+    "DIR/export).")
+_FORMAT = flags.DEFINE_string(
+    "format", None, "predict: csv (default) or jsonl; export: saved_model (default) or tflite.")
+_ANNOTATE = flags.DEFINE_string(
+    "annotate", "", "predict: write each image with its face boxes and labels into this folder.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "predict: faces per model call.")
+_FPS = flags.DEFINE_float("fps", 1.0, "predict: video frames read per second of video (0 = every frame).")
+_DETECT = flags.DEFINE_bool(
+    "detect", True, "predict: find and align the faces of each image as the training data was framed (needs "
+    "the [align] extra); --no-detect takes each image as one face crop.")
 _DEBUG = flags.DEFINE_bool(
     "debug", False, "Show the full Python traceback of an error instead of the one-line message.")
 
@@ -149,6 +172,16 @@ def _user_error_in(error: BaseException) -> UserError | None:
 
 def _parse_flags(argv: list[str]) -> list[str]:
     debug = _debug_requested(argv)
+    # The spelling users expect for a negated switch; absl's own is --nodetect.
+    argv = [{"--no-detect": "--nodetect", "--no_detect": "--nodetect"}.get(a, a) for a in argv]
+    command = next((a for a in argv[1:] if not a.startswith("-")), None)
+    if command in MODEL_COMMANDS and any(a.split("=")[0] in ("--config", "-config") or
+                                         a.startswith("--config.") for a in argv[1:]):
+        # Before the config file is read: these commands take the config saved with the model.
+        if debug:
+            raise UsageError(f"idfer {command} reads the model's config from its checkpoint; drop --config.")
+        _fail(f"`idfer {command}` reads the model and its config from the checkpoint in --workdir; drop "
+              f"--config and any --config.KEY=VALUE. Usage: {USAGE}", UsageError.exit_code)
     try:
         configuration.check_override_flags(argv)
         return flags.FLAGS(argv)
@@ -226,6 +259,9 @@ def _main(argv: list[str]) -> None:
 
         print(crossval.compare(commands[1:]))
         return
+    if commands and commands[0] in MODEL_COMMANDS:
+        _run_model_command(commands[0], commands[1:])
+        return
     if len(commands) != 1 or commands[0] not in COMMANDS:
         close = difflib.get_close_matches(commands[0], COMMANDS, n=1) if len(commands) == 1 else []
         hint = f" Did you mean `idfer {close[0]}`?" if close else ""
@@ -273,6 +309,58 @@ def _main(argv: list[str]) -> None:
 
     _ctrl_c_raises()
     _run_command(commands[0], config, workdir)
+
+
+def _run_model_command(command: str, inputs: list[str]) -> None:
+    """predict / export: the model's config is its checkpoint's, so --config and overrides are refused."""
+    wrong = [f"--{name}" for name, commands_of in COMMAND_FLAGS.items()
+             if flags.FLAGS[name].present and command not in commands_of]
+    wrong += ["--config"] if flags.FLAGS["config"].present else []
+    wrong += ["--folds"] if flags.FLAGS["folds"].present else []
+    if wrong:
+        raise UsageError(
+            f"{', '.join(wrong)} {'is' if len(wrong) == 1 else 'are'} not an option of `idfer {command}`: it "
+            "reads the model and its config from the checkpoint in --workdir. Usage: " + USAGE)
+    if not _WORKDIR.value:
+        raise UsageError(
+            f"idfer {command} needs --workdir=DIR, the directory of a trained run. Usage: {USAGE}")
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+    from idfer_jax.inference import export as export_lib
+    from idfer_jax.inference import predict_files
+
+    fmt = _FORMAT.value
+    if command == "predict":
+        if not inputs:
+            raise UsageError(
+                "Give the images, folders or videos to read: idfer predict --workdir=DIR INPUT...")
+        fmt = fmt or "csv"
+        if fmt not in predict_files.FORMATS:
+            raise UsageError(f"--format={fmt} is not an output of idfer predict; use csv or jsonl.")
+        if _BATCH_SIZE.value < 1:
+            raise UsageError(f"--batch_size={_BATCH_SIZE.value}: give at least 1.")
+        if not _FPS.value >= 0:
+            raise UsageError(f"--fps={_FPS.value}: give frames per second of video, >= 0 (0 = every frame).")
+    else:
+        fmt = fmt or "saved_model"
+        if fmt not in export_lib.FORMATS:
+            raise UsageError(
+                f"--format={fmt} is not an export format; use {' or '.join(export_lib.FORMATS)}.")
+    from idfer_jax import api
+
+    _ctrl_c_raises()
+    predictor = api.load(_WORKDIR.value, step=_STEP.value)
+    if command == "predict":
+        output = _OUTPUT.value or "-"
+        summary = predict_files.predict_files(
+            predictor, inputs, output=output, fmt=fmt, annotate=_ANNOTATE.value, batch_size=_BATCH_SIZE.value,
+            fps=_FPS.value, detect=_DETECT.value, progress=sys.stderr.isatty())
+        for line in predict_files.summary_lines(summary, output, _DETECT.value):
+            print(line, file=sys.stderr, flush=True)
+    else:
+        directory = _OUTPUT.value or os.path.join(_WORKDIR.value, "export")
+        report = api.export(predictor, directory, fmt, check_images=inputs)
+        print(report["summary"], flush=True)
 
 
 def _run_command(command: str, config, workdir: str) -> None:

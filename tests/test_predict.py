@@ -17,22 +17,29 @@ from PIL import Image
 from idfer_jax import api
 from idfer_jax.inference import predictor as predictor_lib
 from idfer_jax.inference import record as record_lib
-from tests.conftest import REPO, subprocess_env
+from tests.conftest import REPO, SHARED_DATA, subprocess_env
 from tests.helpers import smoke, tiny_config
 
-STEPS = 30
+STEPS = 4
 
 
 @pytest.fixture(scope="module")
 def trained(smoke_data_dir, tmp_path_factory):
-    """A tiny baseline trained and evaluated on the smoke set: (workdir, config)."""
+    """A tiny baseline trained for a few steps on the smoke set: (workdir, config). What is checked here
+    is that the model used later is the one trained, not that it learned (tests/test_training.py)."""
     workdir = str(tmp_path_factory.mktemp("predict") / "run")
     config = tiny_config(smoke("baseline"))
     config.data.data_dir = smoke_data_dir
-    config.train.update(num_steps=STEPS, checkpoint_every=STEPS, log_every=10)
+    config.train.update(num_steps=STEPS, checkpoint_every=STEPS, log_every=2)
     api.train(config, workdir)
-    api.evaluate(config, workdir)
     return workdir, config
+
+
+@pytest.fixture(scope="module")
+def evaluated(trained):
+    """`trained`, evaluated (`predictions.csv` written)."""
+    api.evaluate(trained[1], trained[0])
+    return trained
 
 
 def _rows(path) -> list[dict]:
@@ -67,8 +74,9 @@ def test_checkpoint_records_what_inference_needs(trained):
     assert record_lib.config_hash(saved) != run["config_hash"]
 
 
-def test_load_needs_no_dataset_and_predicts_as_evaluate(trained, monkeypatch):
-    workdir, config = trained
+@pytest.mark.slow
+def test_load_needs_no_dataset_and_predicts_as_evaluate(evaluated, monkeypatch):
+    workdir, config = evaluated
     images, indices = _test_faces(config)  # read before the data is made unreachable
 
     import tensorflow_datasets as tfds
@@ -113,8 +121,9 @@ def test_predictor_refuses_bad_images(trained):
     assert predictor.predict(np.zeros((0, 48, 48, 3), np.uint8)).shape == (0, 7)
 
 
-def test_old_checkpoint_says_what_it_lacks_and_evaluate_adds_it(trained, tmp_path):
-    workdir, config = trained
+@pytest.mark.slow
+def test_old_checkpoint_says_what_it_lacks_and_evaluate_adds_it(evaluated, tmp_path):
+    workdir, config = evaluated
     old = str(tmp_path / "old")
     shutil.copytree(workdir, old)
     shutil.rmtree(os.path.join(old, "checkpoints", str(STEPS), record_lib.ITEM))
@@ -139,8 +148,8 @@ def test_load_names_the_runs_below_a_crossval_root_and_missing_steps(trained, tm
 
 
 @pytest.mark.slow
-def test_idfer_predict_command_on_crops_matches_evaluate(trained, tmp_path, compilation_cache):
-    workdir, config = trained
+def test_idfer_predict_command_on_crops_matches_evaluate(evaluated, tmp_path, compilation_cache):
+    workdir, config = evaluated
     images, _ = _test_faces(config)
     rows = _rows(os.path.join(workdir, "predictions.csv"))
     folder = tmp_path / "faces"
@@ -171,3 +180,85 @@ def test_idfer_predict_command_on_crops_matches_evaluate(trained, tmp_path, comp
                            cwd=REPO, timeout=600)
     assert again.returncode == 1 and again.stderr.startswith("idfer: error:") and "exists" in again.stderr
     assert "Traceback" not in again.stderr
+
+
+CKPLUS = SHARED_DATA / "ckplus48"
+
+
+def _ck_files(count: int) -> list:
+    if not CKPLUS.is_dir():
+        pytest.skip(f"{CKPLUS} is absent: the real-face check needs the research-only sets in ../shared/data")
+    return sorted(CKPLUS.glob("*/*.png"))[:count]
+
+
+def test_predict_gives_one_row_per_face_of_a_photo(trained, tmp_path):
+    pytest.importorskip("dlib", reason='detection needs the align extra (pip install "idfer_jax[align]")')
+    workdir, _ = trained
+    canvas = np.full((200, 400, 3), 128, np.uint8)
+    for left, path in zip((20, 220), _ck_files(400)[::399], strict=True):
+        face = Image.open(path).convert("RGB").resize((160, 160), Image.BILINEAR)
+        canvas[20:180, left:left + 160] = np.asarray(face)
+    Image.fromarray(canvas).save(tmp_path / "two.png")
+    Image.fromarray(np.full((120, 160, 3), 128, np.uint8)).save(tmp_path / "empty.png")
+    out, shots = tmp_path / "rows.jsonl", tmp_path / "annotated"
+    summary = api.predict(workdir, [tmp_path / "two.png", tmp_path / "empty.png"], output=str(out),
+                          format="jsonl", annotate=str(shots))
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["face"] for r in rows] == [0, 1] and summary.faces == 2
+    boxes = sorted(r["box"] for r in rows)
+    assert boxes[0][2] < boxes[1][0]  # two disjoint faces, one in each half
+    assert all(abs(sum(r["probabilities"].values()) - 1) < 1e-4 for r in rows)
+    assert all(r["predicted"] == max(r["probabilities"], key=r["probabilities"].get) for r in rows)
+    assert summary.no_face == [(str(tmp_path / "empty.png"), 0)]
+    drawn = list(shots.rglob("*.png"))
+    assert len(drawn) == 1 and not np.array_equal(np.asarray(Image.open(drawn[0])), canvas)
+
+
+def test_predict_reads_video_frames_at_a_rate(trained, tmp_path):
+    av = pytest.importorskip("av", reason='video needs the video extra (pip install "idfer_jax[video]")')
+    workdir, _ = trained
+    path = tmp_path / "clip.mp4"
+    with av.open(str(path), mode="w") as container:  # 3 s at 10 frames per second
+        stream = container.add_stream("mpeg4", rate=10)
+        stream.width = stream.height = 48
+        stream.pix_fmt = "yuv420p"
+        for index in range(30):
+            picture = np.full((48, 48, 3), 8 * index, np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(picture, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    out = tmp_path / "rows.csv"
+    summary = api.predict(workdir, [path], output=str(out), fps=2, detect=False)
+    rows = _rows(out)
+    assert summary.frames == len(rows) == 6
+    assert [int(r["frame"]) for r in rows] == [0, 5, 10, 15, 20, 25]
+    assert [float(r["time_s"]) for r in rows] == pytest.approx([0, 0.5, 1.0, 1.5, 2.0, 2.5], abs=0.01)
+
+
+@pytest.mark.slow
+def test_ckplus_test_fold_through_evaluate_and_predict_agree(tmp_path, compilation_cache):
+    """The same CK+48 test fold: `idfer evaluate` on the prepared records, `idfer predict --no-detect` on
+    the image files they came from."""
+    _ck_files(1)
+    workdir, data_dir = tmp_path / "run", tmp_path / "tfds"
+    config = tiny_config(str(REPO / "configs" / "baseline_ckplus.py"))
+    config.data.update(manual_dir=str(CKPLUS), data_dir=str(data_dir))
+    config.train.update(num_steps=20, checkpoint_every=20, log_every=10)
+    api.train(config, str(workdir))
+    api.evaluate(config, str(workdir))
+    evaluated = _rows(workdir / "predictions.csv")
+    assert len(evaluated) > 50 and all(r["file"] and r["subject"] for r in evaluated)
+    shutil.rmtree(data_dir)  # the model no longer needs the prepared data
+    out = tmp_path / "rows.csv"
+    done = subprocess.run(
+        [sys.executable, "-m", "idfer_jax.main", "predict", f"--workdir={workdir}", "--no-detect",
+         f"--output={out}", *(str(CKPLUS / r["file"]) for r in evaluated)],
+        capture_output=True, text=True, env=subprocess_env(compilation_cache), cwd=REPO, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    predicted = _rows(out)
+    assert [os.path.relpath(r["file"], CKPLUS) for r in predicted] == [r["file"] for r in evaluated]
+    assert [r["predicted"] for r in predicted] == [r["predicted"] for r in evaluated]
+    classes = [k for k in evaluated[0] if k.startswith("p_")]
+    np.testing.assert_allclose([[float(r[k]) for k in classes] for r in predicted],
+                               [[float(r[k]) for k in classes] for r in evaluated], atol=1e-5)

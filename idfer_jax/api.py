@@ -115,3 +115,18 @@ def predict(workdir, inputs, *, output: str = "-", format: str = "csv", annotate
     return predict_files.predict_files(load(workdir, step), [os.fspath(i) for i in inputs], output=output,
                                        fmt=format, annotate=annotate, batch_size=batch_size, fps=fps,
                                        detect=detect, progress=False)
+
+
+def export(predictor_or_workdir, directory, format: str = "saved_model", *, check_images=(),
+           step: int | None = None) -> dict:
+    """`idfer export` as a function: the model (a `Predictor`, or a workdir to `load`) as a TensorFlow
+    SavedModel or a TFLite file under `directory`, checked in its own runtime, with a model card
+    (`idfer_jax.inference.export.export_predictor`)."""
+    from idfer_jax.inference import export as export_lib
+    from idfer_jax.inference import predictor as predictor_lib
+
+    predictor = predictor_or_workdir
+    if not isinstance(predictor, predictor_lib.Predictor):
+        predictor = load(predictor_or_workdir, step)
+    return export_lib.export_predictor(predictor, as_workdir(directory, "directory"), format,
+                                       check_images=check_images)

@@ -262,3 +262,34 @@ def test_ckplus_test_fold_through_evaluate_and_predict_agree(tmp_path, compilati
     classes = [k for k in evaluated[0] if k.startswith("p_")]
     np.testing.assert_allclose([[float(r[k]) for k in classes] for r in predicted],
                                [[float(r[k]) for k in classes] for r in evaluated], atol=1e-5)
+    # The exported model gives the same outputs on these real faces, in its own runtime.
+    faces = [str(CKPLUS / r["file"]) for r in evaluated[:16]]
+    for fmt in ("saved_model", "tflite"):
+        entry = api.export(workdir, tmp_path / "export", fmt, check_images=faces)
+        assert entry["checked_on"] == "16 given images"
+        assert max(entry["max_abs_difference"].values()) < 1e-4, entry
+
+
+@pytest.mark.slow
+def test_idfer_export_writes_checked_files_and_a_card_and_never_overwrites(trained, tmp_path,
+                                                                          compilation_cache):
+    workdir, _ = trained
+    out = tmp_path / "export"
+    env = subprocess_env(compilation_cache)
+    for fmt in ("saved_model", "tflite"):
+        done = subprocess.run([sys.executable, "-m", "idfer_jax.main", "export", f"--workdir={workdir}",
+                               f"--format={fmt}", f"--output={out}"], capture_output=True, text=True, env=env,
+                              cwd=REPO, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+    card = json.loads((out / "model_card.json").read_text())
+    assert set(card["export"]) == {"saved_model", "tflite"}  # the second export added to the card
+    assert card["class_names"] == list(api.load(workdir).class_names)
+    for fmt, entry in card["export"].items():
+        assert all(entry["max_abs_difference"][k] <= entry["tolerance"][k] for k in entry["tolerance"]), fmt
+    assert card["export"]["tflite"]["images_per_second_batch_1"] > 0
+    text = (out / "model_card.md").read_text()
+    assert all(c in text for c in card["class_names"]) and "rendered faces" in json.dumps(card)
+    again = subprocess.run([sys.executable, "-m", "idfer_jax.main", "export", f"--workdir={workdir}",
+                            "--format=tflite", f"--output={out}"], capture_output=True, text=True, env=env,
+                           cwd=REPO, timeout=600)
+    assert again.returncode == 1 and "exists" in again.stderr and "Traceback" not in again.stderr

@@ -9,6 +9,8 @@ lazy import inside a function counts too).
     train                                               no recipe (never methods/): recipes reach it as
                                                         the Method interface
     methods                                             anything below; api, bench, main: anything
+    inference                                           a trained model's use: train (the checkpoint),
+                                                        methods (the recipe it rebuilds), data, models
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ ALLOWED = {
     "config_defaults": {"data"},
     "data": {"config_defaults"},
     "train": {"configuration", "data", "evaluation", "losses", "models"},
+    "inference": {"configuration", "config_defaults", "data", "evaluation", "losses", "models", "pretrained",
+                  "train", "methods"},
 }
 
 

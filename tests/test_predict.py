@@ -16,7 +16,7 @@ from PIL import Image
 
 from idfer_jax import api
 from idfer_jax.inference import predictor as predictor_lib
-from idfer_jax.inference import record as record_lib
+from idfer_jax.train import inference_record as record_lib
 from tests.conftest import REPO, SHARED_DATA, subprocess_env
 from tests.helpers import smoke, tiny_config
 

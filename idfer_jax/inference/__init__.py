@@ -1,6 +1,7 @@
 """Using a trained model: load it from its workdir, predict on new faces, export it.
 
-- `record`: what a checkpoint stores for inference (classes, input, framing, the run it came from);
+(What a checkpoint stores for all of this, `idfer_jax.train.inference_record`, is written by the trainer.)
+
 - `predictor`: `load(workdir) -> Predictor` (no dataset, no TFDS, no Trainer);
 - `faces`: frame a raw photo the way the training data was framed (detect + align, or the whole image);
 - `inputs`: image files, folders and video frames as RGB arrays, unreadable files listed;

@@ -1,8 +1,9 @@
 """A trained model, loaded from its workdir, that predicts on new faces: `load(workdir) -> Predictor`.
 
-Loading reads only the workdir: the checkpoint's config and its `inference` record (classes, input, framing;
-see `idfer_jax.inference.record`) rebuild the method, and orbax restores its variables. No dataset, no TFDS
-preparation, no Trainer, no pretrained file (a frozen identity network is part of the checkpoint).
+Loading reads only the workdir: the checkpoint's config and its `inference` record (classes, input,
+framing; see `idfer_jax.train.inference_record`) rebuild the method, and orbax restores its variables. No
+dataset, no TFDS preparation, no Trainer, no pretrained file (a frozen identity network is part of the
+checkpoint).
 
     predictor = idfer_jax.api.load("workdirs/baseline")
     probabilities = predictor.predict(["face1.png", "face2.jpg"])     # (2, C) float32, rows sum to 1
@@ -30,7 +31,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from idfer_jax.errors import UserError
-from idfer_jax.inference import record as record_lib
+from idfer_jax.train import inference_record as record_lib
 
 DEFAULT_BATCH_SIZE = 64
 
@@ -119,7 +120,7 @@ class Predictor:
     Attributes:
       class_names: the outputs' classes, in order (canonical names: 'happiness', 'surprise', ...).
       image_shape: (H, W, C) of one model input; C is 3 (RGB).
-      record: the checkpoint's inference record (`idfer_jax.inference.record`): framing, run, ...
+      record: the checkpoint's inference record (`idfer_jax.train.inference_record`): framing, run, ...
       config: the run's config (a locked ConfigDict).
       step: the checkpoint's step.
       workdir: where it was loaded from.

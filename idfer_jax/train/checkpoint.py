@@ -3,7 +3,7 @@
 One checkpoint holds everything a run needs to continue exactly: the train state (params, model state,
 every player's optimizer state, step, rng), the grain data-iterator state and the config; and what using
 the model needs without its data (`inference`: classes, input, framing, the run; see
-`idfer_jax.inference.record`). The state is
+`idfer_jax.train.inference_record`). The state is
 restored against an abstract target that carries the *current* shardings, so a checkpoint written on 8
 devices restores on 1.
 

@@ -31,7 +31,7 @@ Uses the last checkpoint (never a checkpoint picked on the test fold). Writes:
 - `eval_results.json` with every number, and `report.md` for people.
 
 A checkpoint written before checkpoints described themselves gets its `inference` record here (classes,
-input, framing; `idfer_jax.inference.record`), so `idfer predict` and `api.load` can then use it.
+input, framing; `idfer_jax.train.inference_record`), so `idfer predict` and `api.load` can then use it.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ from idfer_jax.evaluation import generation as E_generation
 from idfer_jax.evaluation import plots as evaluation_plots
 from idfer_jax.evaluation import probes as evaluation_probes
 from idfer_jax.evaluation import report as evaluation_report
-from idfer_jax.inference import record as inference_record
+from idfer_jax.train import inference_record
 from idfer_jax.train.checkpoint import CheckpointMismatchError
 from idfer_jax.train.trainer import BuildMethod, Trainer, to_global
 

@@ -32,11 +32,10 @@ from idfer_jax import configuration
 from idfer_jax.console import announce
 from idfer_jax.data import pipeline
 from idfer_jax.errors import Interrupted, UserError
-from idfer_jax.inference import record as inference_record
 from idfer_jax.models import cpu_kernels, weights
 from idfer_jax.train import checkpoint as ckpt_lib
+from idfer_jax.train import inference_record, writers
 from idfer_jax.train import workdir as workdir_lib
-from idfer_jax.train import writers
 from idfer_jax.train.interface import Method, owned
 
 BuildMethod = Callable[[Any, pipeline.DataSpec], Method]

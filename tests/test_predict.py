@@ -293,3 +293,30 @@ def test_idfer_export_writes_checked_files_and_a_card_and_never_overwrites(train
                             "--format=tflite", f"--output={out}"], capture_output=True, text=True, env=env,
                            cwd=REPO, timeout=600)
     assert again.returncode == 1 and "exists" in again.stderr and "Traceback" not in again.stderr
+
+
+FOUR_DEVICES = r"""
+import sys
+import jax
+import numpy as np
+assert len(jax.local_devices()) == 4, jax.local_devices()
+from idfer_jax import api
+predictor = api.load(sys.argv[1])
+assert predictor.mesh.size == 4
+images = np.load(sys.argv[2])
+np.save(sys.argv[3], predictor.predict(images, batch_size=8))
+"""
+
+
+@pytest.mark.slow
+def test_predictions_split_over_four_devices_equal_one(trained, tmp_path, compilation_cache):
+    workdir, config = trained
+    images, _ = _test_faces(config)
+    images = images[:13]  # batches of 8 and 5 (padded to 8): both split over the 4 devices
+    np.save(tmp_path / "images.npy", images)
+    env = subprocess_env(compilation_cache, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    done = subprocess.run([sys.executable, "-c", FOUR_DEVICES, workdir, str(tmp_path / "images.npy"),
+                           str(tmp_path / "four.npy")], capture_output=True, text=True, env=env, cwd=REPO,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    np.testing.assert_allclose(np.load(tmp_path / "four.npy"), api.load(workdir).predict(images), atol=2e-6)

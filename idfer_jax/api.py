@@ -105,7 +105,8 @@ def load(workdir, step: int | None = None, *, devices=None):
 
 
 def predict(workdir, inputs, *, output: str = "-", format: str = "csv", annotate: str = "",
-            batch_size: int = 64, fps: float = 1.0, detect: bool = True, step: int | None = None):
+            batch_size: int = 64, fps: float = 1.0, detect: bool = True, dataset_crop: bool = False,
+            step: int | None = None):
     """`idfer predict` as a function: one row per face of `inputs` (image files, folders, videos) written
     to `output` ('-' = stdout); returns the summary (`inference.predict_files.Summary`)."""
     from idfer_jax.inference import predict_files
@@ -114,7 +115,7 @@ def predict(workdir, inputs, *, output: str = "-", format: str = "csv", annotate
         inputs = [inputs]
     return predict_files.predict_files(load(workdir, step), [os.fspath(i) for i in inputs], output=output,
                                        fmt=format, annotate=annotate, batch_size=batch_size, fps=fps,
-                                       detect=detect, progress=False)
+                                       detect=detect, dataset_crop=dataset_crop, progress=False)
 
 
 def export(predictor_or_workdir, directory, format: str = "saved_model", *, check_images=(),

@@ -51,7 +51,7 @@ COMMAND_FLAGS = {"recipes": ("bench",), "devices": ("bench",), "dtypes": ("bench
                  "sweep": ("sweep",), "select": ("sweep",), "tolerance": ("sweep",),
                  "step": MODEL_COMMANDS, "output": MODEL_COMMANDS, "format": MODEL_COMMANDS,
                  "annotate": ("predict",), "batch_size": ("predict",), "fps": ("predict",),
-                 "detect": ("predict",)}
+                 "detect": ("predict",), "dataset_crop": ("predict",)}
 USAGE = (f"idfer {{{'|'.join(c for c in COMMANDS if c not in ('compare', *MODEL_COMMANDS))}}} --config=FILE "
          "--workdir=DIR [--config.KEY=VALUE ...], idfer predict --workdir=DIR INPUT..., idfer export "
          "--workdir=DIR --format=saved_model|tflite, or idfer compare DIR [NAME=DIR ...]")
@@ -127,6 +127,9 @@ _FPS = flags.DEFINE_float("fps", 1.0, "predict: video frames read per second of 
 _DETECT = flags.DEFINE_bool(
     "detect", True, "predict: find and align the faces of each image as the training data was framed (needs "
     "the [align] extra); --no-detect takes each image as one face crop.")
+_DATASET_CROP = flags.DEFINE_bool(
+    "dataset_crop", False, "predict, with --no-detect: first cut the training dataset's fixed box out of "
+    "each image, as its builder did (for that dataset's raw files, e.g. JAFFE's).")
 _DEBUG = flags.DEFINE_bool(
     "debug", False, "Show the full Python traceback of an error instead of the one-line message.")
 
@@ -173,7 +176,9 @@ def _user_error_in(error: BaseException) -> UserError | None:
 def _parse_flags(argv: list[str]) -> list[str]:
     debug = _debug_requested(argv)
     # The spelling users expect for a negated switch; absl's own is --nodetect.
-    argv = [{"--no-detect": "--nodetect", "--no_detect": "--nodetect"}.get(a, a) for a in argv]
+    end = argv.index("--") if "--" in argv else len(argv)  # after "--" every word is an input
+    argv = [{"--no-detect": "--nodetect", "--no_detect": "--nodetect"}.get(a, a) if i < end else a
+            for i, a in enumerate(argv)]
     command = next((a for a in argv[1:] if not a.startswith("-")), None)
     if command in MODEL_COMMANDS and any(a.split("=")[0] in ("--config", "-config") or
                                          a.startswith("--config.") for a in argv[1:]):
@@ -189,7 +194,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
         if debug:
             raise
         _fail(e, e.exit_code)
-    except flags.Error as e:
+    except (flags.Error, ValueError) as e:  # absl raises a bare ValueError for e.g. --nodetect=false
         if debug:
             raise
         cause = _user_error_in(e)
@@ -339,8 +344,13 @@ def _run_model_command(command: str, inputs: list[str]) -> None:
             raise UsageError(f"--format={fmt} is not an output of idfer predict; use csv or jsonl.")
         if _BATCH_SIZE.value < 1:
             raise UsageError(f"--batch_size={_BATCH_SIZE.value}: give at least 1.")
-        if not _FPS.value >= 0:
-            raise UsageError(f"--fps={_FPS.value}: give frames per second of video, >= 0 (0 = every frame).")
+        try:
+            predict_files.check_fps(_FPS.value)
+        except ValueError as e:
+            raise UsageError(f"--fps={_FPS.value}: {e}") from None
+        if _DATASET_CROP.value and _DETECT.value:
+            raise UsageError("--dataset_crop replaces face detection by the training dataset's fixed box; "
+                             "add --no-detect.")
     else:
         fmt = fmt or "saved_model"
         if fmt not in export_lib.FORMATS:
@@ -352,10 +362,17 @@ def _run_model_command(command: str, inputs: list[str]) -> None:
     predictor = api.load(_WORKDIR.value, step=_STEP.value)
     if command == "predict":
         output = _OUTPUT.value or "-"
-        summary = predict_files.predict_files(
-            predictor, inputs, output=output, fmt=fmt, annotate=_ANNOTATE.value, batch_size=_BATCH_SIZE.value,
-            fps=_FPS.value, detect=_DETECT.value, progress=sys.stderr.isatty())
-        for line in predict_files.summary_lines(summary, output, _DETECT.value):
+        try:
+            summary = predict_files.predict_files(
+                predictor, inputs, output=output, fmt=fmt, annotate=_ANNOTATE.value,
+                batch_size=_BATCH_SIZE.value, fps=_FPS.value, detect=_DETECT.value,
+                dataset_crop=_DATASET_CROP.value, progress=sys.stderr.isatty())
+        except BrokenPipeError:
+            # The rows went to a pipe whose reader stopped (`| head`): what it read is what was asked for.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(0)
+        for line in predict_files.summary_lines(summary, output, _DETECT.value, predictor.record["framing"],
+                                                _DATASET_CROP.value):
             print(line, file=sys.stderr, flush=True)
     else:
         directory = _OUTPUT.value or os.path.join(_WORKDIR.value, "export")

@@ -169,7 +169,7 @@ def test_idfer_predict_command_on_crops_matches_evaluate(evaluated, tmp_path, co
     for k in range(6):
         row = got[f"face{k}.png"]
         assert row["face"] == "0" and row["frame"] == "0"
-        assert [float(row["left"]), float(row["right"])] == [0.0, 48.0]
+        assert [float(row["left"]), float(row["right"])] == [-0.5, 47.5]  # pixel centres on integers
         for c in api.load(workdir).class_names:
             assert abs(float(row[f"p_{c}"]) - float(rows[k][f"p_{c}"])) < 1e-5
         assert row["predicted"] == rows[k]["predicted"]
@@ -320,3 +320,110 @@ def test_predictions_split_over_four_devices_equal_one(trained, tmp_path, compil
                           timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     np.testing.assert_allclose(np.load(tmp_path / "four.npy"), api.load(workdir).predict(images), atol=2e-6)
+
+
+def test_predict_refuses_outputs_that_would_replace_or_hide_files(trained, tmp_path):
+    from idfer_jax.data.errors import DataError
+    from idfer_jax.inference.predict_files import OutputError
+
+    workdir, _ = trained
+    faces = tmp_path / "faces"
+    (faces / "a").mkdir(parents=True)
+    (faces / "b").mkdir()
+    for sub in ("a", "b"):  # two inputs of one name
+        Image.fromarray(np.full((48, 48, 3), 90, np.uint8)).save(faces / sub / "x.png")
+    with pytest.raises(OutputError, match="holds the input"):  # it would hide the inputs from the walk
+        api.predict(workdir, [faces], annotate=str(faces), detect=False)
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "mine.png").write_bytes(b"mine")
+    with pytest.raises(OutputError, match="not empty"):
+        api.predict(workdir, [faces], annotate=str(tmp_path / "used"), detect=False)
+    (tmp_path / "rows.csv.skipped.csv").write_text("mine")
+    with pytest.raises(OutputError, match="skipped.csv exists"):
+        api.predict(workdir, [faces], output=str(tmp_path / "rows.csv"), detect=False)
+    assert (tmp_path / "rows.csv.skipped.csv").read_text() == "mine"
+    with pytest.raises(ValueError, match="fps"):
+        api.predict(workdir, [faces], fps=float("inf"), detect=False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no image or video file"):
+        api.predict(workdir, [tmp_path / "empty"], detect=False)
+    with pytest.raises(DataError, match="No input could be read"):
+        api.predict(workdir, [tmp_path / "missing.png"], detect=False)
+    shots = tmp_path / "shots"
+    api.predict(workdir, [str(faces / "a" / "x.png"), str(faces / "b" / "x.png")], annotate=str(shots),
+                output=str(tmp_path / "ok.csv"), detect=False)
+    assert len(list(shots.rglob("*.png"))) == 2  # neither drawing replaced the other
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_predictor_refuses_silently_wrong_inputs_and_damaged_records(trained, tmp_path):
+    workdir, _ = trained
+    predictor = api.load(workdir)
+    with pytest.raises(ValueError, match=r"none below 0.*\[0, 1\]"):
+        predictor.predict(np.full((2, 48, 48, 3), 0.5, np.float32))
+    with pytest.raises(ValueError, match="NaN"):
+        predictor.predict(np.full((2, 48, 48, 3), np.nan, np.float32))
+    with pytest.raises(ValueError, match="channels"):
+        predictor.predict(np.zeros((3, 48, 48), np.uint8))  # channels first
+    with pytest.raises(TypeError, match="images must be"):
+        predictor.predict(None)
+    from idfer_jax.data.errors import DataError
+
+    with pytest.raises(DataError, match="Cannot read .*nope.png"):
+        predictor.predict(str(tmp_path / "nope.png"))
+    assert predictor.features([]).shape[0] == 0 and predictor.features([]).ndim == 2
+    assert predictor.features([]).shape[1] == predictor.features(np.zeros((1, 48, 48, 3), np.uint8)).shape[1]
+    with pytest.raises(predictor_lib.ModelLoadError, match="step must be an integer"):
+        api.load(workdir, step="abc")
+    with pytest.raises(predictor_lib.ModelLoadError, match=f"--workdir={workdir}"):
+        api.load(os.path.join(workdir, "checkpoints"))
+    edited = tmp_path / "edited"
+    shutil.copytree(workdir, edited)
+    path = record_lib.path(str(edited / "checkpoints" / str(STEPS)))
+    record = json.load(open(path))
+    record["class_names"] = record["class_names"][::-1]  # columns would be mislabelled
+    json.dump(record, open(path, "w"))
+    with pytest.raises(predictor_lib.ModelLoadError, match="damaged or was edited.*class_names"):
+        api.load(edited)
+
+
+def test_framing_without_detection_and_with_the_dataset_box(tmp_path):
+    from idfer_jax.inference import faces
+
+    photo = np.zeros((100, 200, 3), np.uint8)
+    photo[20:80, 60:140] = 200  # the "face" inside a fixed box of rows 20-80, columns 60-140
+    whole = faces.Framer({"kind": "dataset_crop", "crop_box": None}, 32, detect=False).frame(photo)
+    assert len(whole) == 1 and whole[0].box == (49.5, -0.5, 149.5, 99.5)  # the centred square
+    box = {"kind": "dataset_crop", "crop_box": [0.2, 0.3, 0.8, 0.7], "dataset": "jaffe", "config": "64px"}
+    cut = faces.Framer(box, 32, detect=False, dataset_crop=True).frame(photo)
+    assert cut[0].box == (69.5, 19.5, 129.5, 79.5)  # the box's centred square, in the photo's pixels
+    assert cut[0].crop.shape == (32, 32, 3) and cut[0].crop.min() == 200
+    assert whole[0].crop.min() == 0
+    with pytest.raises(ValueError, match="no-detect"):
+        faces.Framer(box, 32, detect=True, dataset_crop=True)
+    pytest.importorskip("dlib", reason='detection needs the align extra (pip install "idfer_jax[align]")')
+    detector = faces.Framer(box, 32, detect=True)
+    assert detector.frame(np.zeros((1, 500, 3), np.uint8)) == []  # a line of pixels: no face, no error
+
+
+def test_cli_refuses_a_negated_switch_with_a_value_in_one_line(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "idfer_jax.main", "predict", f"--workdir={tmp_path}",
+                           "x.png", "--nodetect=false"], capture_output=True, text=True, cwd=REPO,
+                          timeout=300)
+    assert done.returncode == 2 and done.stderr.startswith("idfer: error:") and "Traceback" not in done.stderr
+
+
+def test_export_joins_only_the_card_of_the_same_model(tmp_path):
+    from idfer_jax.inference import export
+
+    card = {"training": {"config_hash": "abc", "step": 300}}
+    assert export._earlier_exports(str(tmp_path), card) == {}
+    (tmp_path / "model_card.json").write_text(json.dumps({**card, "export": {"tflite": {"file": "x"}}}))
+    assert export._earlier_exports(str(tmp_path), card) == {"tflite": {"file": "x"}}
+    with pytest.raises(export.ExportExistsError, match="another model .*step 300.*step 1"):
+        export._earlier_exports(str(tmp_path), {"training": {"config_hash": "abc", "step": 1}})
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "model_card.md").write_text("my own card")
+    with pytest.raises(export.ExportExistsError, match="not written by idfer export"):
+        export._earlier_exports(str(mine), card)

@@ -539,11 +539,13 @@ def export_predictor(predictor, directory: str | os.PathLike, fmt: str, *, check
         raise ValueError(f"format must be one of {', '.join(FORMATS)}; got {fmt!r}.")
     directory = os.fspath(directory)
     target = os.path.join(directory, "saved_model" if fmt == "saved_model" else TFLITE_FILENAME)
-    if os.path.exists(target):
+    if os.path.lexists(target):
         raise ExportExistsError(f"{target} exists; choose another --output folder or remove it (idfer export "
                                 "never overwrites).")
-    images = predictor.preprocess(list(check_images)) if len(check_images) else predictor.preprocess(
-        rendered_faces(predictor.image_shape[0]))
+    card = predictor_lib.model_card(predictor)
+    exports = _earlier_exports(directory, card)
+    images = predictor.preprocess(_read_check_images(check_images) if len(check_images) else
+                                  rendered_faces(predictor.image_shape[0]))
     os.makedirs(directory, exist_ok=True)
     apply_fn, variables, shape = predictor.serving_function(), predictor.variables, predictor.image_shape
     variables = jax.device_get(variables)
@@ -562,17 +564,6 @@ def export_predictor(predictor, directory: str | os.PathLike, fmt: str, *, check
     if fmt == "tflite":
         entry["batch"] = tflite_batch_size(target) or "dynamic"
         entry["images_per_second_batch_1"] = round(time_tflite(target, images, repeats=3), 1)
-    card = predictor_lib.model_card(predictor)
-    previous = os.path.join(directory, "model_card.json")
-    exports = {}
-    if os.path.isfile(previous):
-        try:
-            with open(previous) as f:
-                old = json.load(f)
-            if old.get("training", {}).get("config_hash") == card["training"].get("config_hash"):
-                exports = dict(old.get("export", {}))
-        except (OSError, ValueError):
-            pass
     card["export"] = {**exports, fmt: entry}
     write_model_card(directory, card)
     worst = max(differences.values())
@@ -581,6 +572,55 @@ def export_predictor(predictor, directory: str | os.PathLike, fmt: str, *, check
                         f"{entry['checked_on']} in {entry['runtime']}; model card: "
                         f"{os.path.join(directory, 'model_card.md')}")
     return entry
+
+
+def _earlier_exports(directory: str, card: dict) -> dict:
+    """The export entries of the card already in `directory` when it describes this same model (run and
+    step), so that a second format joins it. ExportExistsError when the folder holds a card of another
+    model, or a `model_card.md` idfer did not write (nothing a user made is replaced)."""
+    md, js = os.path.join(directory, "model_card.md"), os.path.join(directory, "model_card.json")
+    if not os.path.lexists(js):
+        if os.path.lexists(md):
+            raise ExportExistsError(f"{md} exists and was not written by idfer export; choose another "
+                                    "--output folder.")
+        return {}
+    try:
+        with open(js) as f:
+            old = json.load(f)
+        same = (old["training"]["config_hash"], old["training"]["step"]) == (
+            card["training"]["config_hash"], card["training"]["step"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ExportExistsError(f"{js} exists and is not a model card of idfer export ({e}); choose another "
+                                "--output folder.") from e
+    if not same:
+        raise ExportExistsError(
+            f"{directory} holds the export of another model (run {old['training'].get('config_hash')}, step "
+            f"{old['training'].get('step')}); this one is run {card['training']['config_hash']}, step "
+            f"{card['training']['step']}. Choose another --output folder.")
+    return dict(old.get("export", {}))
+
+
+def _read_check_images(paths) -> list:
+    """The images (files, or every image of a folder) an export is checked on, as uint8 arrays; a
+    DataError naming any that cannot be read. Arrays pass through."""
+    from idfer_jax.data.errors import DataError
+    from idfer_jax.inference import inputs
+
+    if isinstance(paths, np.ndarray):
+        return paths
+    arrays = [p for p in paths if not isinstance(p, (str, os.PathLike))]
+    files, unreadable = inputs.list_inputs([os.fspath(p) for p in paths if isinstance(p, (str, os.PathLike))])
+    videos = [f for f in files if inputs.is_video_name(f)]
+    if videos:
+        raise DataError(f"Export is checked on still images; {videos[0]} is a video.")
+    frames = list(inputs.iter_frames(files, unreadable=unreadable))
+    if unreadable:
+        shown = "; ".join(f"{u.source}: {u.reason}" for u in unreadable[:3])
+        raise DataError(f"Cannot use these images to check the export: {shown}. Give image files or folders.")
+    images = arrays + [f.image for f in frames]
+    if not images:
+        raise DataError(f"No image to check the export on in {', '.join(map(str, paths))}.")
+    return images
 
 
 def _tf_version() -> str:

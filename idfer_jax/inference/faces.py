@@ -13,7 +13,13 @@ onto a 5-point template (`idfer_jax.data.alignment`):
 
 Without detection, the whole image is the face: its largest centred square resized to the model's size,
 which is how the face builders prepared crops without a fixed box (so `idfer predict --no-detect` on a
-dataset's own crop files gives the model exactly the pixels `idfer evaluate` gave it).
+dataset's own crop files, CK+48's, gives the model exactly the pixels `idfer evaluate` gave it). A model
+trained on a dataset whose builder first cut a fixed box out of each raw image (JAFFE, KDEF, CK+ and
+Oulu-CASIA's `<size>px` configs; `record['framing']['crop_box']`) gets that box too with `dataset_crop=True`
+(`idfer predict --no-detect --dataset_crop`): for that dataset's raw files, not for other crops.
+
+Boxes are (left, top, right, bottom) in the photo's pixel coordinates with pixel centres on integers, as in
+`idfer_jax.data.alignment`: the whole W x H image is (-0.5, -0.5, W - 0.5, H - 0.5).
 """
 
 from __future__ import annotations
@@ -41,8 +47,15 @@ class Face:
 class Framer:
     """`frame(image) -> list[Face]` for one model's framing (`record['framing']`) and input size."""
 
-    def __init__(self, framing: dict, size: int, *, detect: bool = True):
+    def __init__(self, framing: dict, size: int, *, detect: bool = True, dataset_crop: bool = False):
         self.size, self.detect, self.framing = int(size), bool(detect), dict(framing)
+        self.crop_box = framing.get("crop_box") if dataset_crop else None
+        if dataset_crop and detect:
+            raise ValueError("dataset_crop applies the training dataset's fixed box instead of detection; "
+                             "use it with detect=False (--no-detect).")
+        if dataset_crop and not self.crop_box:
+            raise DataError(f"This model's training data ({framing.get('dataset')}/{framing.get('config')}) "
+                            "had no fixed crop box; drop --dataset_crop.")
         self._aligner = None
         if not self.detect:
             return
@@ -66,12 +79,20 @@ class Framer:
     def frame(self, image) -> list[Face]:
         """The faces of `image` (uint8 RGB (H, W, 3), or anything `face_builder.to_rgb` takes), largest first;
         [] when detection finds none."""
-        rgb = np.asarray(fb.to_rgb(image))
+        picture = fb.to_rgb(image)
         if self._aligner is None:
-            h, w = rgb.shape[:2]
-            side = min(h, w)
-            left, top = (w - side) // 2, (h - side) // 2
-            crop = np.asarray(fb.center_square_resize(fb.to_rgb(rgb), self.size))
-            return [Face((float(left), float(top), float(left + side), float(top + side)), crop, False)]
+            offset = (0.0, 0.0)
+            if self.crop_box is not None:
+                w, h = picture.size
+                top, left = round(self.crop_box[0] * h), round(self.crop_box[1] * w)
+                picture, offset = fb.crop_fraction(picture, tuple(self.crop_box)), (float(left), float(top))
+            w, h = picture.size
+            side = min(w, h)
+            left, top = (w - side) // 2 + offset[0], (h - side) // 2 + offset[1]
+            crop = np.asarray(fb.center_square_resize(picture, self.size))
+            return [Face((left - 0.5, top - 0.5, left + side - 0.5, top + side - 0.5), crop, False)]
+        rgb = np.asarray(picture)
+        if min(rgb.shape[:2]) < 2:  # a line of pixels holds no face (and dlib refuses it)
+            return []
         return [Face(tuple(float(v) for v in found.box), crop, True)
                 for found, crop in self._aligner.align_all(rgb)]

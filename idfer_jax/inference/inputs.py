@@ -148,7 +148,7 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
-def _image_reason(error: Exception) -> str:
+def image_reason(error: Exception) -> str:
     """A one-line reason for a `read_image` failure, without the dataset advice of its message."""
     if isinstance(error, face_builder.ImageTooLargeError):
         size = re.search(r"has (\d+)x(\d+) = ", str(error))
@@ -171,7 +171,7 @@ def _read_still(path: str, max_pixels: int | None, unreadable: list[Unreadable])
         image = face_builder.to_rgb(face_builder.read_image(path, max_pixels=max_pixels))
         array = np.asarray(image, np.uint8)
     except Exception as error:  # a bad file is reported, never raised
-        unreadable.append(Unreadable(path, _image_reason(error)))
+        unreadable.append(Unreadable(path, image_reason(error)))
         return None
     return Frame(source=path, frame=0, time_s=None, image=array)
 

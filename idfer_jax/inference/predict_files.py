@@ -19,19 +19,23 @@ import csv
 import dataclasses
 import io
 import json
+import math
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 
 import numpy as np
 
 from idfer_jax.data.errors import DataError
-from idfer_jax.errors import UserError
+from idfer_jax.errors import Interrupted, UserError
 from idfer_jax.inference import inputs as inputs_lib
 
 FORMATS = ("csv", "jsonl")
 STAGES = ("decode", "detect_align", "model", "write")
+SKIPPED_SUFFIX = ".skipped.csv"
+MAX_FPS = 1000.0  # above any camera's rate: 0 asks for every frame
 
 
 class OutputError(UserError):
@@ -61,15 +65,49 @@ class Summary:
 
 
 def check_output(output: str, files: Sequence[str]) -> None:
-    """OutputError when `output` exists (nothing a user made is overwritten) or is one of the inputs."""
+    """OutputError when `output` (or the list of skipped inputs written beside it) exists: nothing a user
+    made is overwritten; or when it is one of the inputs or a folder."""
     if output in ("", "-"):
         return
-    if os.path.exists(output):
-        raise OutputError(f"--output={output} exists; choose another file or remove it (idfer predict never "
-                          "overwrites a file).")
+    if os.path.isdir(output):
+        raise OutputError(f"--output={output} is a folder; give a file name, e.g. "
+                          f"--output={os.path.join(output, 'rows.csv')}.")
+    for path in (output, output + SKIPPED_SUFFIX):
+        if os.path.lexists(path):
+            raise OutputError(f"{path} exists; choose another --output or remove it (idfer predict never "
+                              "overwrites a file).")
     target = os.path.realpath(output)
     if any(os.path.realpath(f) == target for f in files):
         raise OutputError(f"--output={output} is one of the inputs; choose another file.")
+
+
+def check_annotate(annotate: str, paths: Sequence[str]) -> None:
+    """OutputError unless `annotate` is a new or empty folder that holds none of the inputs: the drawn
+    images never replace a file, and a folder above an input would hide that input from the walk."""
+    if not annotate:
+        return
+    if os.path.exists(annotate) and not os.path.isdir(annotate):
+        raise OutputError(f"--annotate={annotate} is a file; give a folder for the annotated images.")
+    folder = os.path.realpath(annotate)
+    for path in paths:
+        real = os.path.realpath(path)
+        if real == folder or real.startswith(folder + os.sep):
+            raise OutputError(f"--annotate={annotate} holds the input {path}; give a folder outside the "
+                              "inputs.")
+    if os.path.isdir(annotate) and any(os.scandir(annotate)):
+        raise OutputError(f"--annotate={annotate} is not empty; give a new (or empty) folder, so that no "
+                          "file in it is replaced.")
+    try:
+        os.makedirs(annotate, exist_ok=True)
+    except OSError as e:
+        raise OutputError(
+            f"Cannot create --annotate={annotate}: {e.strerror or e}; give another folder.") from e
+
+
+def check_fps(fps: float) -> None:
+    if not (isinstance(fps, (int, float)) and math.isfinite(fps) and 0 <= fps <= MAX_FPS):
+        raise ValueError(f"fps must be a number of frames per second of video between 0 (every frame) and "
+                         f"{MAX_FPS}; got {fps!r}.")
 
 
 class _Writer:
@@ -97,75 +135,108 @@ class _Writer:
 
 def predict_files(predictor, paths: Sequence[str], *, output: str = "-", fmt: str = "csv",
                   annotate: str = "", batch_size: int = 64, fps: float = 1.0, detect: bool = True,
-                  progress: bool = True, stream=None) -> Summary:
+                  dataset_crop: bool = False, progress: bool = True, stream=None) -> Summary:
     """Runs `predictor` on every face of `paths` (files, folders, videos) and writes the rows to `output`
     ('-' = `stream`, default stdout). Returns the `Summary` (counts, what was skipped, seconds per stage).
+    `dataset_crop` (with `detect=False`): cut the training dataset's fixed box first (`faces.Framer`).
 
-    Raises OutputError for an output that exists, DataError when detection is asked for without the
-    [align] extra, ValueError for a bad format / batch size / fps."""
+    Everything that can be checked is checked before a row is written. Raises OutputError for an output
+    or a list of skipped inputs that exists, or an annotate folder that is not new or holds an input;
+    DataError when detection is asked for without the [align] extra, or when no input gave an image;
+    ValueError for a bad format / batch size / fps; Interrupted on Ctrl-C (the rows so far are kept in a
+    `.partial` file, never under the output's name)."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}; got {fmt!r}.")
-    if int(batch_size) < 1:
-        raise ValueError(f"batch_size must be >= 1; got {batch_size}.")
-    files, unreadable = inputs_lib.list_inputs(list(paths), exclude=[annotate] if annotate else [])
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1; got {batch_size!r}.")
+    check_fps(fps)
+    check_annotate(annotate, paths)
+    files, unreadable = inputs_lib.list_inputs(list(paths))
     check_output(output, files)
-    framer = predictor._framer(detect)  # before anything is written: a missing extra fails first
+    if not files:
+        raise DataError(_nothing_to_read(paths, unreadable))
+    framer = predictor._framer(detect, dataset_crop)  # before anything is written: a missing extra first
     summary = Summary(files=len(files), unreadable=unreadable)
     has_video = any(inputs_lib.is_video_name(f) for f in files)
     bar = _progress_bar(None if has_video else len(files), progress)
     start = time.perf_counter()
-    with _open_output(output, stream) as out:
-        writer = _Writer(out, fmt, predictor.class_names)
-        pending: list[tuple] = []  # (frame, faces)
-        pending_faces = 0
-
-        def flush():
-            nonlocal pending, pending_faces
-            if not pending:
-                return
-            crops = np.stack([f.crop for _, faces in pending for f in faces])
-            t = time.perf_counter()
-            probabilities = predictor.predict(crops, batch_size=batch_size)
-            summary.seconds["model"] += time.perf_counter() - t
-            t = time.perf_counter()
-            i = 0
-            for frame, faces in pending:
-                labels = []
-                for k, face in enumerate(faces):
-                    writer.row(frame.source, frame.frame, frame.time_s, k, face.box, probabilities[i])
-                    labels.append((face.box, f"{predictor.class_names[int(probabilities[i].argmax())]} "
-                                             f"{probabilities[i].max():.2f}"))
-                    i += 1
-                if annotate:
-                    _annotate(annotate, frame, labels, paths)
-            summary.seconds["write"] += time.perf_counter() - t
-            pending, pending_faces = [], 0
-
-        t = time.perf_counter()
-        for frame in inputs_lib.iter_frames(files, fps=fps, unreadable=summary.unreadable):
-            summary.seconds["decode"] += time.perf_counter() - t
-            summary.frames += 1
-            t = time.perf_counter()
-            faces = framer.frame(frame.image)
-            summary.seconds["detect_align"] += time.perf_counter() - t
-            if not faces:
-                summary.no_face.append((frame.source, frame.frame))
-            else:
-                summary.faces += len(faces)
-                pending.append((frame, faces))
-                pending_faces += len(faces)
-                if pending_faces >= batch_size:
-                    flush()
-            if bar is not None:
-                bar.update(1)
-            t = time.perf_counter()
-        flush()
-    if bar is not None:
-        bar.close()
+    partial = []
+    try:
+        with _open_output(output, stream, partial) as out:
+            _run(predictor, files, out, fmt, annotate, batch_size, fps, framer, paths, summary, bar)
+    except KeyboardInterrupt:
+        kept = (f"the {summary.faces} row(s) written so far are in {partial[0]}" if partial else
+                "nothing was written")
+        raise Interrupted(f"Interrupted after {summary.frames} image(s)/frame(s); {kept}, and {output} was "
+                          "not created. Run the command again (with another --output, or remove that file) "
+                          "to predict them all.") from None
+    finally:
+        if bar is not None:
+            bar.close()
     summary.wall_seconds = time.perf_counter() - start
     if output not in ("", "-") and (summary.unreadable or summary.no_face):
-        _write_skipped(output + ".skipped.csv", summary)
+        _write_skipped(output + SKIPPED_SUFFIX, summary)
+    if summary.frames == 0:
+        raise DataError(_nothing_to_read(paths, summary.unreadable))
     return summary
+
+
+def _nothing_to_read(paths: Sequence[str], unreadable) -> str:
+    if not unreadable:
+        return (f"Found no image or video file in {', '.join(map(str, paths))} (folders are searched "
+                "recursively, by file extension).")
+    shown = "; ".join(f"{u.source}: {u.reason}" for u in unreadable[:3])
+    more = f" (and {len(unreadable) - 3} more)" if len(unreadable) > 3 else ""
+    return f"No input could be read: {shown}{more}."
+
+
+def _run(predictor, files, out, fmt, annotate, batch_size, fps, framer, paths, summary, bar) -> None:
+    """Reads, frames and classifies every input, writing a row per face to `out` (see predict_files)."""
+    writer = _Writer(out, fmt, predictor.class_names)
+    pending: list[tuple] = []  # (frame, faces)
+    pending_faces = 0
+
+    def flush():
+        nonlocal pending, pending_faces
+        if not pending:
+            return
+        crops = np.stack([f.crop for _, faces in pending for f in faces])
+        t = time.perf_counter()
+        probabilities = predictor.predict(crops, batch_size=batch_size)
+        summary.seconds["model"] += time.perf_counter() - t
+        t = time.perf_counter()
+        i = 0
+        for frame, faces in pending:
+            labels = []
+            for k, face in enumerate(faces):
+                writer.row(frame.source, frame.frame, frame.time_s, k, face.box, probabilities[i])
+                labels.append((face.box, f"{predictor.class_names[int(probabilities[i].argmax())]} "
+                                         f"{probabilities[i].max():.2f}"))
+                i += 1
+            if annotate:
+                _annotate(annotate, frame, labels, paths)
+        summary.seconds["write"] += time.perf_counter() - t
+        pending, pending_faces = [], 0
+
+    t = time.perf_counter()
+    for frame in inputs_lib.iter_frames(files, fps=fps, unreadable=summary.unreadable):
+        summary.seconds["decode"] += time.perf_counter() - t
+        summary.frames += 1
+        t = time.perf_counter()
+        faces = framer.frame(frame.image)
+        summary.seconds["detect_align"] += time.perf_counter() - t
+        if not faces:
+            summary.no_face.append((frame.source, frame.frame))
+        else:
+            summary.faces += len(faces)
+            pending.append((frame, faces))
+            pending_faces += len(faces)
+            if pending_faces >= batch_size:
+                flush()
+        if bar is not None:
+            bar.update(1)
+        t = time.perf_counter()
+    flush()
 
 
 def _progress_bar(total, enabled: bool):
@@ -177,16 +248,26 @@ def _progress_bar(total, enabled: bool):
 
 
 @contextlib.contextmanager
-def _open_output(output: str, stream):
+def _open_output(output: str, stream, partial: list):
+    """The stream rows go to. A file is written under a new temporary name (`partial` gets it) and renamed
+    once complete: a killed run leaves that `.partial` file, never a truncated file under the output's
+    name, and never writes over an existing file."""
     if output in ("", "-"):
         yield stream if stream is not None else sys.stdout
         return
     directory = os.path.dirname(os.path.abspath(output))
-    os.makedirs(directory, exist_ok=True)
-    tmp = output + ".partial"
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    try:
+        os.makedirs(directory, exist_ok=True)
+        handle, tmp = tempfile.mkstemp(prefix=os.path.basename(output) + ".", suffix=".partial",
+                                       dir=directory)
+    except OSError as e:
+        raise OutputError(f"Cannot write --output={output}: {e.strerror or e}; choose another file.") from e
+    partial.append(tmp)
+    with os.fdopen(handle, "w", newline="", encoding="utf-8") as f:
         yield f
-    os.replace(tmp, output)  # a killed run leaves `.partial`, never a truncated file under the final name
+    if os.path.lexists(output):  # made while this run was writing
+        raise OutputError(f"{output} appeared while predicting; the rows are in {tmp}.")
+    os.replace(tmp, output)
 
 
 def _write_skipped(path: str, summary: Summary) -> None:
@@ -209,11 +290,17 @@ def _annotate(directory: str, frame, labels, roots: Sequence[str]) -> None:
     root = next((r for r in roots if os.path.isdir(r) and os.path.abspath(frame.source).startswith(
         os.path.abspath(r) + os.sep)), None)
     path = annotate_lib.annotated_path(directory, frame.source, frame.frame, image_root=root)
+    stem, extension = os.path.splitext(path)
+    n = 1
+    while os.path.lexists(path):  # two inputs of one name (the folder was empty when the run started)
+        n += 1
+        path = f"{stem}-{n}{extension}"
     os.makedirs(os.path.dirname(path), exist_ok=True)
     Image.fromarray(annotate_lib.draw_faces(frame.image, labels)).save(path)
 
 
-def summary_lines(summary: Summary, output: str, detect: bool) -> list[str]:
+def summary_lines(summary: Summary, output: str, detect: bool, framing: dict | None = None,
+                  dataset_crop: bool = False) -> list[str]:
     """What `idfer predict` prints on stderr once done."""
     s = summary.seconds
     lines = [f"{summary.faces} face(s) in {summary.frames} image(s)/frame(s) of {summary.files} file(s), "
@@ -230,7 +317,10 @@ def summary_lines(summary: Summary, output: str, detect: bool) -> list[str]:
         hint = (" If the images already are face crops, rerun with --no-detect." if detect else "")
         lines.append(f"No face found in {len(summary.no_face)} image(s)/frame(s): {shown}{more}.{hint}")
     if output not in ("", "-") and (summary.unreadable or summary.no_face):
-        lines.append(f"The skipped inputs are listed in {output}.skipped.csv.")
+        lines.append(f"The skipped inputs are listed in {output}{SKIPPED_SUFFIX}.")
+    if framing and framing.get("crop_box") and not detect and not dataset_crop:
+        lines.append(f"Note: this model was trained on {framing.get('dataset')}'s fixed crop of its raw "
+                     "images; for that dataset's raw files add --dataset_crop to frame them the same way.")
     return lines
 
 

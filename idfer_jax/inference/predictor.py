@@ -68,6 +68,11 @@ def _no_model_message(workdir: str) -> str:
         return f"{workdir} does not exist; give the --workdir of a trained run (where `idfer train` wrote)."
     if not os.path.isdir(workdir):
         return f"{workdir} is a file; give the --workdir directory of a trained run."
+    parts = os.path.normpath(os.path.abspath(workdir)).split(os.sep)
+    if "checkpoints" in parts[1:]:
+        run = os.sep.join(parts[:parts.index("checkpoints", 1)]) or os.sep
+        return (f"{workdir} is inside a run's checkpoints folder; give the run's own directory: "
+                f"--workdir={run}.")
     runs = sorted({os.path.relpath(root, workdir) for root, dirs, _ in os.walk(workdir)
                    if "checkpoints" in dirs})
     if runs:
@@ -84,6 +89,9 @@ def choose_step(workdir: str, step: int | None = None) -> int:
         raise ModelLoadError(_no_model_message(workdir))
     if step is None:
         return steps[-1]
+    if isinstance(step, bool) or not isinstance(step, (int, np.integer)):
+        raise ModelLoadError(f"step must be an integer (a checkpoint's step: {', '.join(map(str, steps))}); "
+                             f"got {step!r}.")
     if int(step) not in steps:
         raise ModelLoadError(f"{workdir} has no checkpoint at step {step}; it has step(s) "
                              f"{', '.join(map(str, steps))}. Leave out --step for the newest.")
@@ -103,7 +111,9 @@ def read_step(workdir: str, step: int) -> tuple[dict, dict]:
     try:
         record = record_lib.read(step_dir)
     except (OSError, ValueError) as e:
-        raise ModelLoadError(f"Checkpoint {step} in {workdir}: {e}.") from e
+        raise ModelLoadError(f"Checkpoint {step} in {workdir}: {e}. Run `idfer evaluate --config=<its "
+                             f"training config> --workdir={workdir}` to write it anew, or pass another "
+                             "--step.") from e
     if record is None:
         raise ModelLoadError(
             f"Checkpoint {step} in {workdir} was written before checkpoints described themselves: it lacks "
@@ -158,12 +168,24 @@ class Predictor:
         from idfer_jax.data import pipeline
 
         h, w, c = self.image_shape
+        if images is None or isinstance(images, (int, float, bytes, dict)):
+            raise TypeError(f"images must be a path, a PIL image, a uint8 array or a sequence of them; got "
+                            f"{type(images).__name__}.")
         if isinstance(images, np.ndarray) or isinstance(images, jax.Array):
             array = np.asarray(images)
             if array.dtype != np.uint8:
                 floats = np.issubdtype(array.dtype, np.floating)
                 if array.ndim == 4 and array.shape[1:] == (h, w, c) and floats:
+                    if not np.isfinite(array).all():
+                        raise ValueError("The float batch holds NaN or infinite values.")
                     low, high = float(array.min(initial=0.0)), float(array.max(initial=0.0))
+                    if len(array) and low >= 0.0:
+                        # Faces in [-1, 1] have dark pixels below 0; a batch without one is almost surely
+                        # images scaled to [0, 1], which would be read as over-bright faces.
+                        raise ValueError(
+                            "A float batch is taken as already preprocessed, values in [-1, 1], but this one "
+                            f"has none below 0 (range [{low:.3g}, {high:.3g}]): images in [0, 1]? Pass "
+                            "uint8 images (0..255), or x * 2 - 1.")
                     if low < -1.0 - 1e-3 or high > 1.0 + 1e-3:
                         raise ValueError(
                             "A float batch is taken as already preprocessed, values in [-1, 1]; this one "
@@ -174,38 +196,53 @@ class Predictor:
                     f"Images must be uint8 (0..255) arrays of shape (H, W), (H, W, C) or (N, H, W, C), or an "
                     f"already preprocessed float batch (N, {h}, {w}, {c}) in [-1, 1]; got {array.dtype} "
                     f"{array.shape}.")
-            if array.ndim == 4:
+            if array.ndim == 4 and array.shape[-1] in (1, 3, 4):
                 images = list(array)
-            elif array.ndim in (2, 3):
+            elif array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in (1, 3, 4)):
                 images = [array]
             else:
                 raise ValueError(
-                    f"uint8 images must be (H, W), (H, W, C) or (N, H, W, C); got {array.shape}.")
+                    f"uint8 images must be (H, W), (H, W, C) or (N, H, W, C) with C in 1, 3, 4 (channels "
+                    f"last; a batch of grey images is (N, H, W, 1)); got {array.shape}.")
         elif isinstance(images, (str, os.PathLike)) or _is_pil(images):
             images = [images]
+        else:
+            images = list(images)  # any iterable (a generator too)
         out = np.empty((len(images), h, w, c), np.float32)
         for i, image in enumerate(images):
             if isinstance(image, (str, os.PathLike)):
-                image = fb.read_image(os.fspath(image))
-            elif isinstance(image, np.ndarray) and (image.dtype != np.uint8 or image.ndim not in (2, 3)):
-                raise ValueError(
-                    f"Image {i}: uint8 (H, W) or (H, W, C) expected; got {image.dtype} {image.shape}.")
+                image = read_image(image)
+            elif isinstance(image, np.ndarray) and (
+                    image.dtype != np.uint8 or not (image.ndim == 2 or (image.ndim == 3 and image.shape[-1]
+                                                                         in (1, 3, 4)))):
+                raise ValueError(f"Image {i}: uint8 (H, W) or (H, W, C) with C in 1, 3, 4 expected; got "
+                                 f"{image.dtype} {image.shape}.")
+            elif not isinstance(image, np.ndarray) and not _is_pil(image):
+                raise TypeError(f"Image {i}: a path, a PIL image or a uint8 array expected; got "
+                                f"{type(image).__name__}.")
             crop = np.asarray(fb.center_square_resize(fb.to_rgb(image), h))
             out[i] = pipeline.to_model_input(crop)
         return out
 
-    def faces(self, image, *, detect: bool = True):
-        """The faces of one photo, framed as the training data was: a list of `faces.Face` (box in the
-        photo's pixels, uint8 crop of the model's size). See `idfer_jax.inference.faces`."""
-        return self._framer(detect).frame(image)
+    def faces(self, image, *, detect: bool = True, dataset_crop: bool = False):
+        """The faces of one photo (a path, a PIL image or a uint8 array), framed as the training data was:
+        a list of `faces.Face` (box in the photo's pixels, uint8 crop of the model's size), largest first.
+        See `idfer_jax.inference.faces`."""
+        if isinstance(image, (str, os.PathLike)):
+            image = read_image(image)
+        elif not (isinstance(image, np.ndarray) or _is_pil(image)):
+            raise TypeError(f"faces() takes one image (a path, a PIL image or a uint8 array); got "
+                            f"{type(image).__name__}. For several, call it once per image.")
+        return self._framer(detect, dataset_crop).frame(image)
 
-    def _framer(self, detect: bool):
+    def _framer(self, detect: bool, dataset_crop: bool = False):
         from idfer_jax.inference import faces as faces_lib
 
-        if detect not in self._framers:  # the detector loads its model once
-            self._framers[detect] = faces_lib.Framer(self.record["framing"], self.image_shape[0],
-                                                     detect=detect)
-        return self._framers[detect]
+        key = (bool(detect), bool(dataset_crop))
+        if key not in self._framers:  # the detector loads its model once
+            self._framers[key] = faces_lib.Framer(self.record["framing"], self.image_shape[0], detect=detect,
+                                                  dataset_crop=dataset_crop)
+        return self._framers[key]
 
     # ------------------------------------------------------------------------------------------------
     # Output
@@ -226,10 +263,9 @@ class Predictor:
             for k, v in result.items():
                 chunks.setdefault(k, []).append(np.asarray(v[:len(part)], np.float32))
         if not chunks:
-            num_classes = len(self.class_names)
-            return {"logits": np.zeros((0, num_classes), np.float32),
-                    "probabilities": np.zeros((0, num_classes), np.float32),
-                    "features": np.zeros((0, 0), np.float32)}
+            shapes = jax.eval_shape(_serving(self.method.apply), self.variables,
+                                    jax.ShapeDtypeStruct((1, *self.image_shape), jnp.float32))
+            return {k: np.zeros((0, *v.shape[1:]), np.float32) for k, v in shapes.items()}
         return {k: np.concatenate(v) for k, v in chunks.items()}
 
     def predict(self, images, *, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
@@ -272,6 +308,18 @@ class Predictor:
     def __repr__(self) -> str:
         return (f"Predictor({self.record['recipe']}, step {self.step} of {self.workdir}, classes "
                 f"{list(self.class_names)}, input {self.image_shape})")
+
+
+def read_image(path) -> Any:
+    """A PIL image of the file at `path`; DataError with a one-line reason when it cannot be read."""
+    from idfer_jax.data import face_builder as fb
+    from idfer_jax.data.errors import DataError
+    from idfer_jax.inference import inputs
+
+    try:
+        return fb.read_image(os.fspath(path))
+    except Exception as error:  # noqa: BLE001 - any failure to read is the file's, said in one line
+        raise DataError(f"Cannot read {os.fspath(path)}: {inputs.image_reason(error)}.") from error
 
 
 def _is_pil(image) -> bool:

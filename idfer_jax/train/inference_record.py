@@ -134,6 +134,30 @@ def data_spec(record: dict):
                     has_neutral=bool(s["has_neutral"]), has_counterfactual=bool(s.get("has_counterfactual")))
 
 
+REQUIRED = ("recipe", "class_names", "input", "framing", "data_spec", "run")
+
+
+def check(record: dict) -> None:
+    """ValueError naming what is wrong with a record that was edited or damaged: a missing entry, classes
+    or input shape that disagree with the `data_spec` the model was built for, an unknown framing."""
+    missing = [k for k in REQUIRED if k not in record]
+    if missing:
+        raise ValueError(f"it lacks {', '.join(missing)}")
+    spec = record["data_spec"]
+    for key in ("image_shape", "class_names", "train_subjects", "pose_keys", "has_neutral"):
+        if key not in spec:
+            raise ValueError(f"its data_spec lacks {key}")
+    if list(record["class_names"]) != list(spec["class_names"]):
+        raise ValueError(f"its class_names {record['class_names']} differ from the model's "
+                         f"{spec['class_names']}")
+    shape = record["input"].get("shape") if isinstance(record["input"], dict) else None
+    if shape is None or [int(x) for x in shape] != [int(x) for x in spec["image_shape"]]:
+        raise ValueError(f"its input shape {shape} differs from the model's {spec['image_shape']}")
+    kind = record["framing"].get("kind") if isinstance(record["framing"], dict) else None
+    if kind not in FRAMING_KINDS:
+        raise ValueError(f"its framing kind {kind!r} is none of {', '.join(FRAMING_KINDS)}")
+
+
 def path(step_dir: str) -> str:
     """Where a checkpoint step folder keeps its record (orbax's JSON item file)."""
     return os.path.join(step_dir, ITEM, "metadata")
@@ -147,11 +171,17 @@ def read(step_dir: str) -> dict | None:
             record: Any = json.load(f)
     except FileNotFoundError:
         return None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path(step_dir)} is not valid JSON ({e})") from e
     if not isinstance(record, dict) or "format_version" not in record:
         raise ValueError(f"{path(step_dir)} is not an inference record")
     if int(record["format_version"]) > FORMAT_VERSION:
         raise ValueError(f"{path(step_dir)} has format version {record['format_version']}, newer than this "
                          f"idfer_jax reads ({FORMAT_VERSION}); upgrade idfer_jax")
+    try:
+        check(record)
+    except (ValueError, TypeError, AttributeError, KeyError) as e:
+        raise ValueError(f"{path(step_dir)} is damaged or was edited: {e}") from e
     return record
 
 

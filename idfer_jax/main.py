@@ -1,7 +1,8 @@
 """The `idfer` command.
 
     idfer train    --config=configs/baseline_synthetic.py --workdir=DIR [--config.a.b=value ...]
-    idfer evaluate --config=configs/baseline_synthetic.py --workdir=DIR
+    idfer evaluate --config=configs/baseline_synthetic.py --workdir=DIR   (--config may be left out: the
+                   newest checkpoint's own config is used)
     idfer crossval --config=configs/baseline_ckplus.py --workdir=DIR [--folds=N]
     idfer bench    --config=configs/baseline_synthetic.py --workdir=DIR [--recipes=all] [--devices=1,all]
                    [--dtypes=float32,bfloat16] [--inputs=memory,pipeline] [--steps=20] [--torch=false]
@@ -282,8 +283,11 @@ def _main(argv: list[str]) -> None:
             "and would be ignored; drop it (config values are set with --config.KEY=VALUE, e.g. "
             "--config.train.num_steps=100)."
         )
-    if _CONFIG.value is None or not _WORKDIR.value:
-        missing = [f for f, v in (("--config=FILE", _CONFIG.value), ("--workdir=DIR", _WORKDIR.value))
+    config = _CONFIG.value
+    if config is None and commands[0] == "evaluate" and _WORKDIR.value:
+        config = _saved_config(_WORKDIR.value)  # the checkpoint says how it was trained
+    if config is None or not _WORKDIR.value:
+        missing = [f for f, v in (("--config=FILE", config), ("--workdir=DIR", _WORKDIR.value))
                    if not v]
         raise UsageError(f"Both --config=FILE and --workdir=DIR are required; missing "
                          f"{' and '.join(missing)}. Usage: {USAGE}")
@@ -291,7 +295,7 @@ def _main(argv: list[str]) -> None:
         # orbax and grain log every checkpoint step at INFO; the progress line is what users read.
         logging.set_verbosity(logging.WARNING)
 
-    config, workdir = _CONFIG.value, _WORKDIR.value
+    workdir = _WORKDIR.value
     if commands[0] == "sweep" and not _SWEEP.value:
         raise UsageError("idfer sweep needs --sweep=KEY=V1,V2,..., e.g. --sweep=adversary.identity=0,1,3,10.")
     if _FOLDS.value is not None:
@@ -314,6 +318,18 @@ def _main(argv: list[str]) -> None:
 
     _ctrl_c_raises()
     _run_command(commands[0], config, workdir)
+
+
+def _saved_config(workdir: str):
+    """`idfer evaluate --workdir=DIR` without --config: the config of the newest checkpoint in DIR."""
+    from idfer_jax.inference import predictor
+    from idfer_jax.train import checkpoint
+
+    step, saved = checkpoint.newest_saved_config(os.path.join(workdir, "checkpoints"))
+    if saved is None:
+        raise UsageError(f"{workdir} holds no checkpoint whose config reads, so --config=FILE is needed "
+                         f"(the training config). Usage: {USAGE}")
+    return predictor.config_from_saved(saved)
 
 
 def _run_model_command(command: str, inputs: list[str]) -> None:

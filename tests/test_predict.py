@@ -427,3 +427,16 @@ def test_export_joins_only_the_card_of_the_same_model(tmp_path):
     (mine / "model_card.md").write_text("my own card")
     with pytest.raises(export.ExportExistsError, match="not written by idfer export"):
         export._earlier_exports(str(mine), card)
+
+
+@pytest.mark.slow
+def test_idfer_evaluate_reads_the_config_from_the_checkpoint(evaluated, tmp_path, compilation_cache):
+    workdir, _ = evaluated
+    copy = tmp_path / "run"
+    shutil.copytree(workdir, copy)
+    (copy / "predictions.csv").unlink()
+    done = subprocess.run([sys.executable, "-m", "idfer_jax.main", "evaluate", f"--workdir={copy}"],
+                          capture_output=True, text=True, env=subprocess_env(compilation_cache), cwd=REPO,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (copy / "predictions.csv").read_text() == open(os.path.join(workdir, "predictions.csv")).read()

@@ -205,6 +205,7 @@ def test_predict_gives_one_row_per_face_of_a_photo(trained, tmp_path):
                           format="jsonl", annotate=str(shots))
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["face"] for r in rows] == [0, 1] and summary.faces == 2
+    assert all(r["score"] > 0 for r in rows)  # the detector's confidence
     boxes = sorted(r["box"] for r in rows)
     assert boxes[0][2] < boxes[1][0]  # two disjoint faces, one in each half
     assert all(abs(sum(r["probabilities"].values()) - 1) < 1e-4 for r in rows)

@@ -461,8 +461,11 @@ def render_model_card(card: Mapping[str, Any]) -> str:
     if card.get("training"):
         lines += ["## Training", ""] + _table(_ordered(card["training"], _TRAINING_KEYS)) + [""]
     if "accuracy" in card:
-        lines += ["## Accuracy", ""]
+        lines += ["## Accuracy and leakage (held-out subjects of the training run's test fold)", ""]
         lines += (_table(card["accuracy"]) if card["accuracy"] else ["Not measured for this model."]) + [""]
+    if card.get("limitations"):
+        lines += ["## Intended use and limitations", ""]
+        lines += [f"- {item}" for item in card["limitations"]] + [""]
     if card.get("export"):
         lines += ["## Exported files", "", "| format | file | size (bytes) | max abs difference to JAX "
                   "| runtime | batch | images/s at batch 1 |", "|---|---|---|---|---|---|---|"]
@@ -475,7 +478,7 @@ def render_model_card(card: Mapping[str, Any]) -> str:
                          f"{entry.get('runtime', '')} | {entry.get('batch', 'any')} | "
                          f"{entry.get('images_per_second_batch_1', '')} |")
         lines.append("")
-    known = {"recipe", "class_names", "input", "framing", "training", "accuracy", "export"}
+    known = {"recipe", "class_names", "input", "framing", "training", "accuracy", "limitations", "export"}
     extra = {k: v for k, v in card.items() if k not in known}
     if extra:
         lines += ["## Other", ""] + _table(extra) + [""]

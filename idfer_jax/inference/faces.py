@@ -37,11 +37,13 @@ NO_TEMPLATE_FALLBACK = "default"
 @dataclasses.dataclass
 class Face:
     """One face of a photo: `box` (left, top, right, bottom) in the photo's pixels (float; the detector's
-    box, or the centred square without detection) and `crop`, uint8 RGB (S, S, 3) at the model's size."""
+    box, or the centred square without detection), `crop`, uint8 RGB (S, S, 3) at the model's size, and
+    `score`, the HOG detector's confidence (None without detection; below about 0.5 often not a face)."""
 
     box: tuple[float, float, float, float]
-    crop: np.ndarray
+    crop: np.ndarray = dataclasses.field(repr=False)
     detected: bool
+    score: float | None = None
 
 
 class Framer:
@@ -94,5 +96,5 @@ class Framer:
         rgb = np.asarray(picture)
         if min(rgb.shape[:2]) < 2:  # a line of pixels holds no face (and dlib refuses it)
             return []
-        return [Face(tuple(float(v) for v in found.box), crop, True)
+        return [Face(tuple(float(v) for v in found.box), crop, True, float(found.score))
                 for found, crop in self._aligner.align_all(rgb)]

@@ -3,12 +3,14 @@
 Each input is decoded (`inputs`), its faces found and framed as the model's training data was
 (`faces.Framer`), the crops classified in batches (`Predictor.outputs`), and one row written per face:
 
-    file, frame, time_s, face, left, top, right, bottom, predicted, p_<class> ...
+    file, frame, time_s, face, left, top, right, bottom, score, predicted, p_<class> ...
 
 `frame` is 0 and `time_s` empty for a still image; `face` numbers the faces of one frame, largest first;
-the box is in the frame's pixels (float). CSV (a header, then rows) or JSON lines (one object per face, the
-probabilities as `{"class": p}`). Files that cannot be read, and frames where no face was found, are listed
-in the summary (and `<output>.skipped.csv` beside a file output), never fatal. Every stage is timed
+the box is in the frame's pixels (float, pixel centres on integers: a whole W x H image is -0.5, -0.5,
+W - 0.5, H - 0.5); `score` is the face detector's confidence (empty with --no-detect). CSV (a header,
+then rows) or JSON lines (one object per face, the probabilities as `{"class": p}`). Files that cannot be
+read, and frames where no face was found, are listed in the summary (and `<output>.skipped.csv` beside a
+file output), never fatal. Every stage is timed
 (decode, detect + align, model, write) for `docs/results/predict.md`.
 """
 
@@ -116,19 +118,21 @@ class _Writer:
         if fmt == "csv":
             self._csv = csv.writer(stream)
             self._csv.writerow(["file", "frame", "time_s", "face", "left", "top", "right", "bottom",
-                                "predicted",
+                                "score", "predicted",
                                 *(f"p_{c}" for c in self.class_names)])
 
-    def row(self, source: str, frame: int, time_s, face: int, box, probabilities: np.ndarray) -> None:
+    def row(self, source: str, frame: int, time_s, face: int, box, score, probabilities: np.ndarray) -> None:
         predicted = self.class_names[int(np.argmax(probabilities))]
         t = "" if time_s is None else f"{time_s:.3f}"
         if self.fmt == "csv":
-            self._csv.writerow([source, frame, t, face, *(f"{v:.1f}" for v in box), predicted,
+            self._csv.writerow([source, frame, t, face, *(f"{v:.1f}" for v in box),
+                                "" if score is None else f"{score:.3f}", predicted,
                                 *(f"{p:.6f}" for p in probabilities)])
         else:
             self.stream.write(json.dumps({
                 "file": source, "frame": frame, "time_s": None if time_s is None else round(time_s, 3),
-                "face": face, "box": [round(float(v), 1) for v in box], "predicted": predicted,
+                "face": face, "box": [round(float(v), 1) for v in box],
+                "score": None if score is None else round(float(score), 3), "predicted": predicted,
                 "probabilities": {c: round(float(p), 6) for c, p in zip(self.class_names, probabilities,
                                                                           strict=True)}}) + "\n")
 
@@ -209,7 +213,7 @@ def _run(predictor, files, out, fmt, annotate, batch_size, fps, framer, paths, s
         for frame, faces in pending:
             labels = []
             for k, face in enumerate(faces):
-                writer.row(frame.source, frame.frame, frame.time_s, k, face.box, probabilities[i])
+                writer.row(frame.source, frame.frame, frame.time_s, k, face.box, face.score, probabilities[i])
                 labels.append((face.box, f"{predictor.class_names[int(probabilities[i].argmax())]} "
                                          f"{probabilities[i].max():.2f}"))
                 i += 1
@@ -318,6 +322,11 @@ def summary_lines(summary: Summary, output: str, detect: bool, framing: dict | N
         lines.append(f"No face found in {len(summary.no_face)} image(s)/frame(s): {shown}{more}.{hint}")
     if output not in ("", "-") and (summary.unreadable or summary.no_face):
         lines.append(f"The skipped inputs are listed in {output}{SKIPPED_SUFFIX}.")
+    if framing and detect and summary.faces and framing.get("kind") != "aligned":
+        lines.append(f"Note: this model was trained on {framing.get('dataset')}'s own framing, not on "
+                     "aligned faces; the detected faces were aligned to the 'default' template (the CK+48 "
+                     "framing). For images framed like the training images, --no-detect gives the model what "
+                     "it was trained on.")
     if framing and framing.get("crop_box") and not detect and not dataset_crop:
         lines.append(f"Note: this model was trained on {framing.get('dataset')}'s fixed crop of its raw "
                      "images; for that dataset's raw files add --dataset_crop to frame them the same way.")

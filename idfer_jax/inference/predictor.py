@@ -393,6 +393,25 @@ def model_card(predictor: Predictor) -> dict:
             card["accuracy"] = {k: evaluated[k] for k in ("accuracy", "mean_class_accuracy", "chance",
                                                           "num_test_images", "num_test_subjects")
                                 if k in evaluated}
-    except (OSError, ValueError):
+            identity, pose = evaluated.get("identity_leakage", {}), evaluated.get("pose_leakage", {})
+            for key, value in (("identity_probe_linear", identity.get("linear_acc")),
+                               ("identity_probe_mlp", identity.get("mlp_acc")),
+                               ("identity_chance", identity.get("chance")),
+                               ("verification_auc", evaluated.get("verification_auc")),
+                               ("yaw_r2", pose.get("yaw_r2")), ("pitch_r2", pose.get("pitch_r2"))):
+                if value is not None:
+                    card["accuracy"][key] = value
+    except (OSError, ValueError, AttributeError):
         pass
+    framing, run = predictor.record["framing"], predictor.record["run"]
+    card["limitations"] = [
+        f"Trained on {run.get('num_train', '?')} images of {run.get('dataset', '?')} "
+        f"({framing['description']}); accuracy and leakage above are for that dataset's held-out subjects "
+        "only. Faces framed otherwise, other people, lighting, cameras or spontaneous expressions were not "
+        "measured.",
+        "Identity and pose leakage: the expression features may still tell who the person is or how the head "
+        "is turned (the probe numbers above, beside chance).",
+        "For research. The licence of the training data governs the use of the model (CK+, JAFFE, KDEF, "
+        "RAF-DB, AffectNet and most FER sets are research-only).",
+    ]
     return card

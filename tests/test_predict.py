@@ -26,7 +26,8 @@ STEPS = 4
 @pytest.fixture(scope="module")
 def trained(smoke_data_dir, tmp_path_factory):
     """A tiny baseline trained for a few steps on the smoke set: (workdir, config). What is checked here
-    is that the model used later is the one trained, not that it learned (tests/test_training.py)."""
+    is that the model used later is the one trained, not that it learned (tests/test_training.py). The
+    tests that need it are in the full run (`slow`): training one costs about 40 s of the fast tier."""
     workdir = str(tmp_path_factory.mktemp("predict") / "run")
     config = tiny_config(smoke("baseline"))
     config.data.data_dir = smoke_data_dir
@@ -56,6 +57,7 @@ def _test_faces(config):
     return images, dataset.test_indices
 
 
+@pytest.mark.slow
 def test_checkpoint_records_what_inference_needs(trained):
     workdir, config = trained
     step_dir = os.path.join(workdir, "checkpoints", str(STEPS))
@@ -112,6 +114,7 @@ def test_load_needs_no_dataset_and_predicts_as_evaluate(evaluated, monkeypatch):
                                np.repeat(expected[:1], 2, 0), atol=2e-6)
 
 
+@pytest.mark.slow
 def test_predictor_refuses_bad_images(trained):
     predictor = api.load(trained[0])
     with pytest.raises(ValueError, match="already preprocessed"):
@@ -134,6 +137,7 @@ def test_old_checkpoint_says_what_it_lacks_and_evaluate_adds_it(evaluated, tmp_p
     assert api.load(old).class_names == api.load(workdir).class_names
 
 
+@pytest.mark.slow
 def test_load_names_the_runs_below_a_crossval_root_and_missing_steps(trained, tmp_path):
     workdir, _ = trained
     root = tmp_path / "cv"
@@ -191,6 +195,7 @@ def _ck_files(count: int) -> list:
     return sorted(CKPLUS.glob("*/*.png"))[:count]
 
 
+@pytest.mark.slow
 def test_predict_gives_one_row_per_face_of_a_photo(trained, tmp_path):
     pytest.importorskip("dlib", reason='detection needs the align extra (pip install "idfer_jax[align]")')
     workdir, _ = trained
@@ -215,6 +220,7 @@ def test_predict_gives_one_row_per_face_of_a_photo(trained, tmp_path):
     assert len(drawn) == 1 and not np.array_equal(np.asarray(Image.open(drawn[0])), canvas)
 
 
+@pytest.mark.slow
 def test_predict_reads_video_frames_at_a_rate(trained, tmp_path):
     av = pytest.importorskip("av", reason='video needs the video extra (pip install "idfer_jax[video]")')
     workdir, _ = trained
@@ -323,6 +329,7 @@ def test_predictions_split_over_four_devices_equal_one(trained, tmp_path, compil
     np.testing.assert_allclose(np.load(tmp_path / "four.npy"), api.load(workdir).predict(images), atol=2e-6)
 
 
+@pytest.mark.slow
 def test_predict_refuses_outputs_that_would_replace_or_hide_files(trained, tmp_path):
     from idfer_jax.data.errors import DataError
     from idfer_jax.inference.predict_files import OutputError
@@ -357,6 +364,7 @@ def test_predict_refuses_outputs_that_would_replace_or_hide_files(trained, tmp_p
     assert not list(tmp_path.glob("*.partial"))
 
 
+@pytest.mark.slow
 def test_predictor_refuses_silently_wrong_inputs_and_damaged_records(trained, tmp_path):
     workdir, _ = trained
     predictor = api.load(workdir)

@@ -50,6 +50,7 @@ def _term_gradients(method, state, batch, terms) -> dict[str, float]:
     return {name: _norm(jax.tree.map(lambda leaf, i=i: leaf[i], jacobian)) for i, name in enumerate(terms)}
 
 
+@pytest.mark.slow  # a jacobian of each generative loss: 40-60 s of compiling, too much for the fast tier
 @pytest.mark.parametrize("spec_path", [FERSNET_SMOKE, IPDFER_SMOKE], ids=["fersnet", "ipdfer"])
 def test_every_image_term_reaches_the_generator_on_the_l1_terms_scale(spec_path):
     # The forms whose decoder draws the whole image: a residual form starts with a zero last layer,
@@ -152,6 +153,7 @@ def test_ipdfer_overfits_one_batch_of_true_neutral_faces(smoke_data_dir):
     assert spread > 0.8 * spread_true, (spread, spread_true)
 
 
+@pytest.mark.slow  # compiles each generator's full training step: 30-35 s each
 @pytest.mark.parametrize("spec_path,overrides", [
     (FERSNET_SMOKE, {"synthesis": "residual"}), (IPDFER_SMOKE, {"neutral_form": "residual"})],
     ids=["fersnet", "ipdfer"])

@@ -47,6 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from idfer_jax.errors import UserError
+from idfer_jax.inference.predictor import named_outputs
 
 FORMATS = ("saved_model", "tflite")
 INPUT_NAME = "images"
@@ -93,25 +94,7 @@ def serving_function(apply_fn: Callable[[Any, jax.Array], Mapping[str, jax.Array
     KeyError when `apply_fn` returns no 'logits' or 'features'."""
     from idfer_jax.models import cpu_kernels
 
-    return cpu_kernels.traced_for("portable", _outputs(apply_fn))
-
-
-def _outputs(apply_fn):
-    """The three named outputs of `apply_fn`, with whatever kernels the caller's platform traces."""
-
-    def serve(variables, images):
-        outputs = apply_fn(variables, images)
-        missing = [k for k in ("logits", "features") if k not in outputs]
-        if missing:
-            raise KeyError(f"apply_fn returned {sorted(outputs)}; an exported model needs {missing} too.")
-        logits = jnp.asarray(outputs["logits"], jnp.float32)
-        return {
-            "probabilities": jax.nn.softmax(logits, axis=-1),
-            "logits": logits,
-            "features": jnp.asarray(outputs["features"], jnp.float32),
-        }
-
-    return serve
+    return cpu_kernels.traced_for("portable", named_outputs(apply_fn))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -395,7 +378,7 @@ def check_export(fmt: str, path: str | os.PathLike, apply_fn, variables, images,
     images = _check_images(images)
     # The reference is the model as JAX runs it here (this platform's kernels), so the measure covers
     # the portable kernels' reassociation as well as the conversion.
-    expected = jax.tree.map(np.asarray, jax.jit(_outputs(apply_fn))(variables, images))
+    expected = jax.tree.map(np.asarray, jax.jit(named_outputs(apply_fn))(variables, images))
     if fmt == "saved_model":
         actual = run_saved_model(path, images)
     else:
@@ -550,7 +533,7 @@ def export_predictor(predictor, directory: str | os.PathLike, fmt: str, *, check
     images = predictor.preprocess(_read_check_images(check_images) if len(check_images) else
                                   rendered_faces(predictor.image_shape[0]))
     os.makedirs(directory, exist_ok=True)
-    apply_fn, variables, shape = predictor.serving_function(), predictor.variables, predictor.image_shape
+    apply_fn, variables, shape = predictor.method.apply, predictor.variables, predictor.image_shape
     variables = jax.device_get(variables)
     if fmt == "saved_model":
         export_saved_model(apply_fn, variables, shape, target)

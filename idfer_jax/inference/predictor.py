@@ -263,7 +263,7 @@ class Predictor:
             for k, v in result.items():
                 chunks.setdefault(k, []).append(np.asarray(v[:len(part)], np.float32))
         if not chunks:
-            shapes = jax.eval_shape(_serving(self.method.apply), self.variables,
+            shapes = jax.eval_shape(named_outputs(self.method.apply), self.variables,
                                     jax.ShapeDtypeStruct((1, *self.image_shape), jnp.float32))
             return {k: np.zeros((0, *v.shape[1:]), np.float32) for k, v in shapes.items()}
         return {k: np.concatenate(v) for k, v in chunks.items()}
@@ -275,13 +275,6 @@ class Predictor:
     def features(self, images, *, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
         """The expression features, float32 (N, D)."""
         return self.outputs(images, batch_size=batch_size)["features"]
-
-    def serving_function(self):
-        """`fn(variables, images) -> {'logits', 'probabilities', 'features'}`, pure JAX, tracing the plain
-        XLA operations (not the CPU-only kernels of `idfer_jax.models.cpu_kernels`), for export."""
-        from idfer_jax.models import cpu_kernels
-
-        return cpu_kernels.traced_for("portable", _serving(self.method.apply))
 
     # ------------------------------------------------------------------------------------------------
 
@@ -301,7 +294,7 @@ class Predictor:
         from idfer_jax.models import cpu_kernels
 
         platform = self.mesh.devices.flat[0].platform
-        return jax.jit(cpu_kernels.traced_for(platform, _serving(self.method.apply)),
+        return jax.jit(cpu_kernels.traced_for(platform, named_outputs(self.method.apply)),
                        in_shardings=(NamedSharding(self.mesh, P()), self._batch_sharding),
                        out_shardings=NamedSharding(self.mesh, P()))
 
@@ -330,12 +323,20 @@ def _is_pil(image) -> bool:
     return isinstance(image, Image.Image)
 
 
-def _serving(apply):
+def named_outputs(apply_fn):
+    """`fn(variables, images) -> {'probabilities', 'logits', 'features'}` of a method's `apply`: float32,
+    `probabilities` = softmax(logits) (N, K) in [0, 1], `logits` (N, K), `features` (N, D). What
+    `Predictor.outputs` returns and what `export` serves. KeyError when `apply_fn` returns no 'logits' or
+    'features'."""
+
     def serve(variables, images):
-        out = apply(variables, images)
-        logits = out["logits"].astype(jnp.float32)
-        return {"logits": logits, "probabilities": jax.nn.softmax(logits, axis=-1),
-                "features": out["features"].astype(jnp.float32)}
+        outputs = apply_fn(variables, images)
+        missing = [k for k in ("logits", "features") if k not in outputs]
+        if missing:
+            raise KeyError(f"apply_fn returned {sorted(outputs)}; an exported model needs {missing} too.")
+        logits = jnp.asarray(outputs["logits"], jnp.float32)
+        return {"probabilities": jax.nn.softmax(logits, axis=-1), "logits": logits,
+                "features": jnp.asarray(outputs["features"], jnp.float32)}
 
     return serve
 
@@ -349,7 +350,6 @@ def load(workdir, step: int | None = None, *, devices: Sequence[jax.Device] | No
     """
     from idfer_jax import methods
     from idfer_jax.data import pipeline
-    from idfer_jax.models import weights
     from idfer_jax.train import checkpoint as ckpt_lib
     from idfer_jax.train import trainer as trainer_lib
 
@@ -360,14 +360,14 @@ def load(workdir, step: int | None = None, *, devices: Sequence[jax.Device] | No
     spec = record_lib.data_spec(record)
     mesh = trainer_lib.make_mesh(list(devices) if devices is not None else jax.local_devices())
     replicated = NamedSharding(mesh, P())
-    with weights.shapes_only():  # the checkpoint holds every weight, pretrained ones included
-        method = methods.build(config, spec)
-        sample = jax.tree.map(jnp.asarray, pipeline.example_batch(spec, config.data))
-        shapes = jax.eval_shape(lambda r: trainer_lib.init_state(method, r, sample), jax.random.PRNGKey(0))
+    method = methods.build(config, spec)
+    sample = jax.tree.map(jnp.asarray, pipeline.example_batch(spec, config.data))
+    # The checkpoint holds every weight, pretrained ones included: no weights file is read.
+    abstract = trainer_lib.abstract_train_state(method, sample, replicated)
     checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), save_every=1, keep=1 << 30,
                                          async_save=False, create=False)
     try:
-        state = checkpointer.restore_state(step, ckpt_lib.abstract_like(shapes, replicated))
+        state = checkpointer.restore_state(step, abstract)
     except Exception as e:  # noqa: BLE001 - any unreadable state: say which checkpoint and what to do
         raise ModelLoadError(f"Checkpoint {step} in {workdir} cannot be read ({type(e).__name__}: "
                              f"{str(e).splitlines()[0][:200] if str(e) else ''}); pass another --step, or "

@@ -83,6 +83,14 @@ def init_state(method: Method, rng: jax.Array, sample_batch: dict) -> TrainState
     )
 
 
+def abstract_train_state(method: Method, sample_batch: dict, sharding) -> TrainState:
+    """The TrainState's shapes and dtypes placed with `sharding`: the target a checkpoint is restored
+    into. Traced only; a restored state needs no pretrained file (`weights.shapes_only`)."""
+    with weights.shapes_only():
+        shapes = jax.eval_shape(lambda r: init_state(method, r, sample_batch), jax.random.PRNGKey(0))
+    return ckpt_lib.abstract_like(shapes, sharding)
+
+
 def make_train_step(method: Method) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """One step: each player in order takes `repeats` sub-updates of its own parameter groups."""
 
@@ -234,11 +242,7 @@ class Trainer:
             )
 
     def abstract_state(self) -> TrainState:
-        with weights.shapes_only():  # a restored state needs no pretrained file
-            shapes = jax.eval_shape(
-                lambda r: init_state(self.method, r, self.sample_batch()), jax.random.PRNGKey(0)
-            )
-        return ckpt_lib.abstract_like(shapes, self.replicated)
+        return abstract_train_state(self.method, self.sample_batch(), self.replicated)
 
     def checkpointer(self, workdir: str, *, create: bool = True) -> ckpt_lib.Checkpointer:
         t = self.config.train
